@@ -1,0 +1,226 @@
+"""Fixed-block sparse attention (SVG1's spatial/temporal bands): Pallas kernel lowered through Triton.
+
+Query block ``i`` of ``(b, h)`` attends, with an exact online softmax, to the key blocks
+``kv_block_indices[b, h, i, :kv_block_counts[b, h, i]]``. One Pallas program handles one
+``(query block, batch, head)``; it keeps its ``[block_q, D]`` query tile in registers and walks its key
+block list with a data-dependent ``fori_loop`` (the whole K/V sequence of the head is a pointer in Triton,
+so only the listed blocks are ever loaded).
+"""
+
+import dataclasses
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as pltriton
+from jaxtyping import Array, Float, Int
+
+from . import checks
+from .reference import block_sparse_attention_reference
+
+LOG2E = math.log2(math.e)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TritonConfig:
+    """Launch knobs of the Triton lowering; they change speed, never the result."""
+
+    num_warps: int = 4
+    num_stages: int = 2
+
+    def __post_init__(self):
+        if self.num_warps not in (1, 2, 4, 8, 16):
+            raise ValueError(f"{self.num_warps=} must be one of 1, 2, 4, 8, 16")
+        if self.num_stages < 1:
+            raise ValueError(f"{self.num_stages=} must be >= 1")
+
+
+def dot_precision(dtype) -> jax.lax.Precision:
+    """Full-precision float32 dots (no TF32 on GPU), native precision for 16-bit inputs."""
+    return jax.lax.Precision.HIGHEST if dtype == jnp.float32 else jax.lax.Precision.DEFAULT
+
+
+def online_softmax_step(carry, s, v, *, masked: bool):
+    """One flash-attention update with base-2 logits ``s`` (``[bq, bk]`` f32) and values ``v``.
+
+    With ``masked=True`` entries of ``s`` may be ``-inf`` and whole rows may be masked; the running max
+    is then kept finite for the exponentials so that no NaN appears.
+    """
+    acc, m, l = carry
+    m_new = jnp.maximum(m, jnp.max(s, axis=-1))
+    m_use = jnp.where(m_new == -jnp.inf, 0.0, m_new) if masked else m_new
+    alpha = jnp.exp2(m - m_use)
+    p = jnp.exp2(s - m_use[:, None])
+    l = l * alpha + jnp.sum(p, axis=-1)
+    pv = jax.lax.dot_general(
+        p.astype(v.dtype), v, (((1,), (0,)), ((), ())),
+        precision=dot_precision(v.dtype), preferred_element_type=jnp.float32,
+    )
+    return acc * alpha[:, None] + pv, m_new, l
+
+
+def finish_softmax(acc, l):
+    """Normalise the accumulator; rows that saw no key (l == 0) give zeros, not NaN."""
+    return acc / jnp.where(l == 0.0, 1.0, l)[:, None]
+
+
+def qk_logits(q, k, scale_log2: float):
+    """``q @ k.T`` in float32, pre-scaled for ``exp2``."""
+    s = jax.lax.dot_general(
+        q, k, (((1,), (1,)), ((), ())),
+        precision=dot_precision(q.dtype), preferred_element_type=jnp.float32,
+    )
+    return s * scale_log2
+
+
+def _kernel(idx_ref, cnt_ref, q_ref, k_ref, v_ref, o_ref, *,
+            scale_log2: float, block_k: int, num_k: int, num_kv_blocks: int, max_kv_blocks: int):
+    block_q, head_dim = q_ref.shape
+    q = q_ref[...]  # [bq, D]
+    count = jnp.clip(cnt_ref[0], 0, max_kv_blocks)
+    mask_tail = num_k % block_k != 0
+
+    def body(j, carry):
+        kb = jnp.clip(idx_ref[j], 0, num_kv_blocks - 1)
+        start = pl.multiple_of(kb * block_k, block_k)
+        k = k_ref[pl.ds(start, block_k), :]  # [bk, D]
+        v = v_ref[pl.ds(start, block_k), :]  # [bk, D]
+        s = qk_logits(q, k, scale_log2)  # [bq, bk]
+        if mask_tail:
+            cols = start + jax.lax.broadcasted_iota(jnp.int32, (1, block_k), 1)
+            s = jnp.where(cols < num_k, s, -jnp.inf)
+        return online_softmax_step(carry, s, v, masked=False)
+
+    carry = (
+        jnp.zeros((block_q, head_dim), jnp.float32),
+        jnp.full((block_q,), -jnp.inf, jnp.float32),
+        jnp.zeros((block_q,), jnp.float32),
+    )
+    acc, _, l = jax.lax.fori_loop(0, count, body, carry)
+    o_ref[...] = finish_softmax(acc, l).astype(o_ref.dtype)
+
+
+def _call(q, k, v, kv_block_indices, kv_block_counts, *, block_q: int, block_k: int, sm_scale: float,
+          num_k: int, config: TritonConfig, interpret: bool):
+    """Launch on padded operands: q ``[B, nqb·bq, H, Dp]``, k/v ``[B, nkb·bk, H, Dp]``."""
+    b, nq_pad, h, d = q.shape
+    nk_pad = k.shape[1]
+    nqb, max_kv = kv_block_indices.shape[2], kv_block_indices.shape[3]
+    kernel = functools.partial(
+        _kernel, scale_log2=sm_scale * LOG2E, block_k=block_k, num_k=num_k,
+        num_kv_blocks=nk_pad // block_k, max_kv_blocks=max_kv,
+    )
+    return pl.pallas_call(
+        kernel,
+        grid=(nqb, b, h),
+        in_specs=[
+            pl.BlockSpec((None, None, None, max_kv), lambda i, bi, hi: (bi, hi, i, 0)),
+            pl.BlockSpec((None, None, None, 1), lambda i, bi, hi: (bi, hi, i, 0)),
+            pl.BlockSpec((None, block_q, None, d), lambda i, bi, hi: (bi, i, hi, 0)),
+            pl.BlockSpec((None, nk_pad, None, d), lambda i, bi, hi: (bi, 0, hi, 0)),
+            pl.BlockSpec((None, nk_pad, None, d), lambda i, bi, hi: (bi, 0, hi, 0)),
+        ],
+        out_specs=pl.BlockSpec((None, block_q, None, d), lambda i, bi, hi: (bi, i, hi, 0)),
+        out_shape=jax.ShapeDtypeStruct((b, nq_pad, h, d), q.dtype),
+        compiler_params=pltriton.CompilerParams(num_warps=config.num_warps, num_stages=config.num_stages),
+        interpret=interpret,
+        name="block_sparse_attention",
+    )(kv_block_indices, kv_block_counts[..., None], q, k, v)
+
+
+def pad_axis(x, axis: int, size: int):
+    """Zero-pad ``x`` along ``axis`` up to ``size``."""
+    extra = size - x.shape[axis]
+    if extra == 0:
+        return x
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = (0, extra)
+    return jnp.pad(x, widths)
+
+
+def padded_head_dim(d: int) -> int:
+    """Triton tiles need power-of-two sizes >= 16: zero-pad D (exact: zeros add nothing to q·k or p·v)."""
+    return max(16, pl.next_power_of_2(d))
+
+
+def default_triton_config(block_q: int, head_dim: int) -> TritonConfig:
+    """Heuristic from the H100 calibration (anchors.md): 4 warps / 2 stages for 128×64 tiles at D=128."""
+    return TritonConfig(num_warps=8 if block_q * head_dim > 128 * 128 else 4, num_stages=2)
+
+
+def resolve_implementation(implementation: str, op: str) -> str:
+    """'auto' → the fastest correct path on the default backend; explicit choices are checked."""
+    checks.check_implementation(implementation)
+    backend = jax.default_backend()
+    if implementation == "auto":
+        # On CPU the Pallas interpreter runs the grid step by step; the XLA oracle is the fast path there.
+        return "pallas_triton" if backend == "gpu" else "xla"
+    return implementation
+
+
+def block_sparse_attention(
+    q: Float[Array, "B N H D"],
+    k: Float[Array, "B M H D"],
+    v: Float[Array, "B M H D"],
+    kv_block_indices: Int[Array, "B H nqb K"],
+    kv_block_counts: Int[Array, "B H nqb"],
+    *,
+    block_q: int,
+    block_k: int,
+    sm_scale: float | None = None,
+    implementation: str = "auto",
+    interpret: bool | None = None,
+    config: TritonConfig | None = None,
+) -> Float[Array, "B N H D"]:
+    """Attention where query block ``i`` sees exactly the key blocks ``kv_block_indices[b, h, i, :count]``.
+
+    Layout ``[B, N, H, D]`` as in ``jax.nn.dot_product_attention``; ``sm_scale`` defaults to ``D**-0.5``.
+    ``N`` and ``M`` need not be multiples of the blocks: inputs are zero-padded, padded keys are masked and
+    padded query rows dropped. A query block whose count is 0 outputs zeros. Entries past a row's count
+    are ignored; indices are clamped into range inside the kernel, so it never reads out of bounds (eager
+    calls also raise on out-of-range values; under ``jit`` they cannot be checked).
+
+    ``implementation``: ``"xla"`` (the dense-masked oracle), ``"pallas_triton"`` (Pallas lowered through
+    Triton; runs on CPU with ``interpret=True``) or ``"auto"`` (Triton on GPU, XLA on CPU).
+    ``interpret`` defaults to True off-GPU. ``config`` tunes the Triton launch (never the result).
+    """
+    checks.check_qkv(q, k, v)
+    checks.check_block_size("block_q", block_q)
+    checks.check_block_size("block_k", block_k)
+    b, n, h, d = q.shape
+    m = k.shape[1]
+    nqb, nkb = -(-n // block_q), -(-m // block_k)
+    if kv_block_indices.ndim != 4:
+        raise ValueError(
+            f"kv_block_indices must have rank 4 [B, H, nqb, max_kv_blocks]; got shape {kv_block_indices.shape}"
+        )
+    checks.check_int_array("kv_block_indices", kv_block_indices, (b, h, nqb, kv_block_indices.shape[3]))
+    checks.check_int_array("kv_block_counts", kv_block_counts, (b, h, nqb))
+    max_kv = kv_block_indices.shape[3]
+    if max_kv < 1:
+        raise ValueError(f"kv_block_indices needs max_kv_blocks >= 1; got shape {kv_block_indices.shape}")
+    checks.check_value_range("kv_block_counts", kv_block_counts, 0, max_kv + 1,
+                             "counts cannot exceed max_kv_blocks = kv_block_indices.shape[-1]")
+    if checks.is_concrete(kv_block_indices, kv_block_counts):
+        used = jnp.arange(max_kv) < kv_block_counts[..., None]
+        checks.check_value_range("kv_block_indices", jnp.where(used, kv_block_indices, 0), 0, nkb,
+                                 f"key blocks of size {block_k} over M={m} keys")
+    sm_scale = checks.default_sm_scale(q) if sm_scale is None else float(sm_scale)
+
+    impl = resolve_implementation(implementation, "block_sparse_attention")
+    if impl == "xla":
+        return block_sparse_attention_reference(
+            q, k, v, kv_block_indices, kv_block_counts, block_q=block_q, block_k=block_k, sm_scale=sm_scale
+        )
+    interpret = (jax.default_backend() != "gpu") if interpret is None else interpret
+    dp = padded_head_dim(d)
+    qp = pad_axis(pad_axis(q, 1, nqb * block_q), 3, dp)
+    kp = pad_axis(pad_axis(k, 1, nkb * block_k), 3, dp)
+    vp = pad_axis(pad_axis(v, 1, nkb * block_k), 3, dp)
+    config = config or default_triton_config(block_q, dp)
+    out = _call(qp, kp, vp, kv_block_indices.astype(jnp.int32), kv_block_counts.astype(jnp.int32),
+                block_q=block_q, block_k=block_k, sm_scale=sm_scale, num_k=m, config=config,
+                interpret=interpret)
+    return out[:, :n, :, :d]
