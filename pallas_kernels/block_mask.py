@@ -39,4 +39,3 @@ def block_mask_to_indices(
     last = jnp.take_along_axis(idx, jnp.maximum(counts - 1, 0)[:, None], axis=-1)  # [R, 1]
     idx = jnp.where(jnp.arange(width)[None, :] < counts[:, None], idx, last)
     return idx.reshape(*lead, width), counts.reshape(lead)
-

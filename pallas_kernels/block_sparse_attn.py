@@ -48,35 +48,53 @@ def online_softmax_step(carry, s, v, *, masked: bool):
     With ``masked=True`` entries of ``s`` may be ``-inf`` and whole rows may be masked; the running max
     is then kept finite for the exponentials so that no NaN appears.
     """
-    acc, m, l = carry
+    acc, m, row_sum = carry
     m_new = jnp.maximum(m, jnp.max(s, axis=-1))
     m_use = jnp.where(m_new == -jnp.inf, 0.0, m_new) if masked else m_new
     alpha = jnp.exp2(m - m_use)
     p = jnp.exp2(s - m_use[:, None])
-    l = l * alpha + jnp.sum(p, axis=-1)
+    row_sum = row_sum * alpha + jnp.sum(p, axis=-1)
     pv = jax.lax.dot_general(
-        p.astype(v.dtype), v, (((1,), (0,)), ((), ())),
-        precision=dot_precision(v.dtype), preferred_element_type=jnp.float32,
+        p.astype(v.dtype),
+        v,
+        (((1,), (0,)), ((), ())),
+        precision=dot_precision(v.dtype),
+        preferred_element_type=jnp.float32,
     )
-    return acc * alpha[:, None] + pv, m_new, l
+    return acc * alpha[:, None] + pv, m_new, row_sum
 
 
-def finish_softmax(acc, l):
-    """Normalise the accumulator; rows that saw no key (l == 0) give zeros, not NaN."""
-    return acc / jnp.where(l == 0.0, 1.0, l)[:, None]
+def finish_softmax(acc, row_sum):
+    """Normalise the accumulator; rows that saw no key (row_sum == 0) give zeros, not NaN."""
+    return acc / jnp.where(row_sum == 0.0, 1.0, row_sum)[:, None]
 
 
 def qk_logits(q, k, scale_log2: float):
     """``q @ k.T`` in float32, pre-scaled for ``exp2``."""
     s = jax.lax.dot_general(
-        q, k, (((1,), (1,)), ((), ())),
-        precision=dot_precision(q.dtype), preferred_element_type=jnp.float32,
+        q,
+        k,
+        (((1,), (1,)), ((), ())),
+        precision=dot_precision(q.dtype),
+        preferred_element_type=jnp.float32,
     )
     return s * scale_log2
 
 
-def _kernel(idx_ref, cnt_ref, q_ref, k_ref, v_ref, o_ref, *,
-            scale_log2: float, block_k: int, num_k: int, num_kv_blocks: int, max_kv_blocks: int):
+def _kernel(
+    idx_ref,
+    cnt_ref,
+    q_ref,
+    k_ref,
+    v_ref,
+    o_ref,
+    *,
+    scale_log2: float,
+    block_k: int,
+    num_k: int,
+    num_kv_blocks: int,
+    max_kv_blocks: int,
+):
     block_q, head_dim = q_ref.shape
     q = q_ref[...]  # [bq, D]
     count = jnp.clip(cnt_ref[0], 0, max_kv_blocks)
@@ -98,19 +116,35 @@ def _kernel(idx_ref, cnt_ref, q_ref, k_ref, v_ref, o_ref, *,
         jnp.full((block_q,), -jnp.inf, jnp.float32),
         jnp.zeros((block_q,), jnp.float32),
     )
-    acc, _, l = jax.lax.fori_loop(0, count, body, carry)
-    o_ref[...] = finish_softmax(acc, l).astype(o_ref.dtype)
+    acc, _, row_sum = jax.lax.fori_loop(0, count, body, carry)
+    o_ref[...] = finish_softmax(acc, row_sum).astype(o_ref.dtype)
 
 
-def _call(q, k, v, kv_block_indices, kv_block_counts, *, block_q: int, block_k: int, sm_scale: float,
-          num_k: int, config: TritonConfig, interpret: bool):
+def _call(
+    q,
+    k,
+    v,
+    kv_block_indices,
+    kv_block_counts,
+    *,
+    block_q: int,
+    block_k: int,
+    sm_scale: float,
+    num_k: int,
+    config: TritonConfig,
+    interpret: bool,
+):
     """Launch on padded operands: q ``[B, nqb·bq, H, Dp]``, k/v ``[B, nkb·bk, H, Dp]``."""
     b, nq_pad, h, d = q.shape
     nk_pad = k.shape[1]
     nqb, max_kv = kv_block_indices.shape[2], kv_block_indices.shape[3]
     kernel = functools.partial(
-        _kernel, scale_log2=sm_scale * LOG2E, block_k=block_k, num_k=num_k,
-        num_kv_blocks=nk_pad // block_k, max_kv_blocks=max_kv,
+        _kernel,
+        scale_log2=sm_scale * LOG2E,
+        block_k=block_k,
+        num_k=num_k,
+        num_kv_blocks=nk_pad // block_k,
+        max_kv_blocks=max_kv,
     )
     return pl.pallas_call(
         kernel,
@@ -194,19 +228,30 @@ def block_sparse_attention(
     nqb, nkb = -(-n // block_q), -(-m // block_k)
     if kv_block_indices.ndim != 4:
         raise ValueError(
-            f"kv_block_indices must have rank 4 [B, H, nqb, max_kv_blocks]; got shape {kv_block_indices.shape}"
+            f"kv_block_indices must have rank 4 [B, H, nqb, max_kv_blocks]; "
+            f"got shape {kv_block_indices.shape}"
         )
     checks.check_int_array("kv_block_indices", kv_block_indices, (b, h, nqb, kv_block_indices.shape[3]))
     checks.check_int_array("kv_block_counts", kv_block_counts, (b, h, nqb))
     max_kv = kv_block_indices.shape[3]
     if max_kv < 1:
         raise ValueError(f"kv_block_indices needs max_kv_blocks >= 1; got shape {kv_block_indices.shape}")
-    checks.check_value_range("kv_block_counts", kv_block_counts, 0, max_kv + 1,
-                             "counts cannot exceed max_kv_blocks = kv_block_indices.shape[-1]")
+    checks.check_value_range(
+        "kv_block_counts",
+        kv_block_counts,
+        0,
+        max_kv + 1,
+        "counts cannot exceed max_kv_blocks = kv_block_indices.shape[-1]",
+    )
     if checks.is_concrete(kv_block_indices, kv_block_counts):
         used = jnp.arange(max_kv) < kv_block_counts[..., None]
-        checks.check_value_range("kv_block_indices", jnp.where(used, kv_block_indices, 0), 0, nkb,
-                                 f"key blocks of size {block_k} over M={m} keys")
+        checks.check_value_range(
+            "kv_block_indices",
+            jnp.where(used, kv_block_indices, 0),
+            0,
+            nkb,
+            f"key blocks of size {block_k} over M={m} keys",
+        )
     sm_scale = checks.default_sm_scale(q) if sm_scale is None else float(sm_scale)
 
     impl = resolve_implementation(implementation, "block_sparse_attention")
@@ -220,7 +265,17 @@ def block_sparse_attention(
     kp = pad_axis(pad_axis(k, 1, nkb * block_k), 3, dp)
     vp = pad_axis(pad_axis(v, 1, nkb * block_k), 3, dp)
     config = config or default_triton_config(block_q, dp)
-    out = _call(qp, kp, vp, kv_block_indices.astype(jnp.int32), kv_block_counts.astype(jnp.int32),
-                block_q=block_q, block_k=block_k, sm_scale=sm_scale, num_k=m, config=config,
-                interpret=interpret)
+    out = _call(
+        qp,
+        kp,
+        vp,
+        kv_block_indices.astype(jnp.int32),
+        kv_block_counts.astype(jnp.int32),
+        block_q=block_q,
+        block_k=block_k,
+        sm_scale=sm_scale,
+        num_k=m,
+        config=config,
+        interpret=interpret,
+    )
     return out[:, :n, :, :d]

@@ -69,9 +69,7 @@ def check_value_range(name: str, x, lo: int, hi: int, hint: str) -> None:
     bad = (xs < lo) | (xs >= hi)
     if bad.any():
         where = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise ValueError(
-            f"{name} must lie in [{lo}, {hi}) ({hint}); found {int(xs[where])} at index {where}"
-        )
+        raise ValueError(f"{name} must lie in [{lo}, {hi}) ({hint}); found {int(xs[where])} at index {where}")
 
 
 def check_sizes_sum(name: str, sizes, total: int, axis_name: str) -> None:

@@ -70,8 +70,12 @@ def block_sparse_attention_reference(
 ) -> Float[Array, "B N H D"]:
     """Oracle of :func:`block_sparse_attention` (same signature, minus the implementation knobs)."""
     mask = block_indices_to_mask(
-        kv_block_indices, kv_block_counts,
-        num_q=q.shape[1], num_k=k.shape[1], block_q=block_q, block_k=block_k,
+        kv_block_indices,
+        kv_block_counts,
+        num_q=q.shape[1],
+        num_k=k.shape[1],
+        block_q=block_q,
+        block_k=block_k,
     )
     return masked_attention_reference(q, k, v, mask, sm_scale=sm_scale)
 

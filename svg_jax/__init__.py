@@ -5,6 +5,31 @@ Axis vocabulary of the shape annotations: ``B`` batch, ``N``/``M`` query/key tok
 ``Cq Ck`` query/key clusters, ``G`` flattened groups (B·H).
 """
 
+from .kmeans import KMeansResult, kmeans
 from .layout import TextTokens, VideoLayout
+from .svg1 import SVG1Config, SVG1Stats, svg1_attention
+from .svg2 import SVG2Cache, SVG2Config, SVG2Stats, svg2_attention
 
-__all__ = ["TextTokens", "VideoLayout"]
+__all__ = [
+    "KMeansResult",
+    "SVG1Config",
+    "SVG1Stats",
+    "SVG2Cache",
+    "SVG2Config",
+    "SVG2Stats",
+    "TextTokens",
+    "VideoLayout",
+    "kmeans",
+    "load",
+    "svg1_attention",
+    "svg2_attention",
+]
+
+
+def __getattr__(name: str):
+    # `load` pulls in the model ports (flax); import it on first use so the method layer stays light.
+    if name == "load":
+        from .loading import load
+
+        return load
+    raise AttributeError(f"module 'svg_jax' has no attribute {name!r}")

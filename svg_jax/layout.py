@@ -28,7 +28,7 @@ class TextTokens:
 
     placement: Literal["first", "last"] = dataclasses.field(metadata=dict(static=True))
     num_tokens: int = dataclasses.field(metadata=dict(static=True))
-    valid_len: Int[Array, "B"] | None = None
+    valid_len: Int[Array, " B"] | None = None
 
     def __post_init__(self):
         if self.placement not in ("first", "last"):
@@ -63,7 +63,8 @@ class VideoLayout:
             )
         if self.text_placement == "none" and self.num_text_tokens != 0:
             raise ValueError(
-                f"VideoLayout.num_text_tokens must be 0 when text_placement='none'; got {self.num_text_tokens}"
+                "VideoLayout.num_text_tokens must be 0 when text_placement='none'; "
+                f"got {self.num_text_tokens}"
             )
         if self.text_placement != "none" and self.num_text_tokens < 1:
             raise ValueError(
@@ -94,14 +95,17 @@ class VideoLayout:
     def check_seq_len(self, n: int, name: str = "sequence length") -> None:
         if n != self.seq_len:
             raise ValueError(
-                f"{name} {n} does not match the layout: T·F + text = {self.num_frames}·{self.tokens_per_frame}"
+                f"{name} {n} does not match the layout: T·F + text = "
+                f"{self.num_frames}·{self.tokens_per_frame}"
                 f" + {self.num_text_tokens} = {self.seq_len}; fix num_frames/tokens_per_frame/num_text_tokens"
             )
 
-    def text_tokens(self, valid_len: Int[Array, "B"] | None = None) -> TextTokens | None:
+    def text_tokens(self, valid_len: Int[Array, " B"] | None = None) -> TextTokens | None:
         """The :class:`TextTokens` description of this layout's text (None without text)."""
         if self.text_placement == "none":
             if valid_len is not None:
-                raise ValueError("valid_len was given but the layout has no text tokens (text_placement='none')")
+                raise ValueError(
+                    "valid_len was given but the layout has no text tokens (text_placement='none')"
+                )
             return None
         return TextTokens(self.text_placement, self.num_text_tokens, valid_len)

@@ -1,0 +1,138 @@
+"""Plan a conversion from headers alone, and fail with every problem at once.
+
+The plan is a total mapping: every source key is used (or explicitly ignored, as diffusers does), every
+target parameter of the abstract model is filled exactly once per layer, and every shape matches. Nothing
+is read or written before the plan is complete and clean.
+"""
+
+import dataclasses
+import logging
+from collections.abc import Mapping
+from typing import Literal
+
+import numpy as np
+
+from .errors import ConversionError
+from .params import is_stacked
+from .rules import (
+    ORIGINAL_RULES,
+    Transform,
+    expected_diffusers_key,
+    is_ignored,
+    map_diffusers_key,
+    original_to_diffusers,
+)
+
+log = logging.getLogger(__name__)
+
+Format = Literal["diffusers", "original"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """One source tensor feeding a target leaf (at ``layer`` for stacked block leaves)."""
+
+    key: str  # key in the source checkpoint (ComfyUI prefix stripped)
+    layer: int | None
+    transform: Transform
+
+
+@dataclasses.dataclass(frozen=True)
+class LeafPlan:
+    """One NNX parameter: its full shape/dtype and its sources (one, or one per layer, in layer order)."""
+
+    target: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    sources: tuple[Source, ...]
+
+
+def detect_format(keys: list[str]) -> Format:
+    """``diffusers`` if any key is a diffusers top-level name, ``original`` if any is an original one."""
+    if any(k.startswith(("condition_embedder.", "proj_out.")) for k in keys):
+        return "diffusers"
+    if any(k.startswith(("time_embedding.", "head.")) for k in keys):
+        return "original"
+    raise ConversionError(
+        [
+            "cannot tell the checkpoint format from its keys (no 'condition_embedder.*' nor "
+            "'time_embedding.*'); "
+            "pass --format diffusers or --format original"
+        ]
+    )
+
+
+def plan_conversion(
+    shapes: Mapping[str, tuple[int, ...]],
+    targets: Mapping[str, tuple[tuple[int, ...], np.dtype]],
+    *,
+    fmt: Format,
+    num_layers: int,
+) -> list[LeafPlan]:
+    """Map source ``shapes`` (by key) onto ``targets`` (NNX path → (shape, dtype)); strict and total."""
+    problems: list[str] = []
+    slots: dict[tuple[str, int | None], str] = {}
+    sources: dict[str, list[Source]] = {t: [] for t in targets}
+    for key in sorted(shapes):
+        name = key
+        if fmt == "original":
+            name = original_to_diffusers(key)
+            if name is None:
+                problems.append(
+                    f"unexpected: {key} (no original→diffusers rule; expected one of the "
+                    f"{len(ORIGINAL_RULES)} original-format patterns)"
+                )
+                continue
+        if is_ignored(name):
+            log.info("ignoring %s (diffusers drops it on load too)", key)
+            continue
+        mapped = map_diffusers_key(name)
+        label = key if name == key else f"{key} (= {name})"
+        if mapped is None:
+            problems.append(f"unexpected: {label} (no rule maps it to a model parameter)")
+            continue
+        if mapped.target not in targets:
+            problems.append(f"unexpected: {label} → {mapped.target}, which this config's model does not have")
+            continue
+        if mapped.layer is not None and mapped.layer >= num_layers:
+            problems.append(f"unexpected: {label}: layer {mapped.layer} >= num_layers={num_layers}")
+            continue
+        assert (mapped.layer is not None) == is_stacked(mapped.target), (key, mapped)
+        slot = (mapped.target, mapped.layer)
+        if slot in slots:
+            problems.append(
+                f"duplicate: {label} and {slots[slot]} both fill {mapped.target} layer {mapped.layer}"
+            )
+            continue
+        slots[slot] = key
+        shape, _ = targets[mapped.target]
+        expected = shape[1:] if mapped.layer is not None else shape
+        try:
+            got = mapped.transform.shape(tuple(shapes[key]))
+        except ValueError as e:
+            problems.append(f"shape mismatch: {label}: {e}")
+            continue
+        if got != tuple(expected):
+            problems.append(
+                f"shape mismatch: {label} has shape {tuple(shapes[key])} → {got} after "
+                f"{mapped.transform.name}; {mapped.target} expects {tuple(expected)}"
+            )
+            continue
+        sources[mapped.target].append(Source(key, mapped.layer, mapped.transform))
+
+    plans = []
+    for target, (shape, dtype) in sorted(targets.items()):
+        layers = range(num_layers) if is_stacked(target) else [None]
+        claimed = {layer for (t, layer) in slots if t == target}  # a mis-shaped key is not also "missing"
+        missing = [layer for layer in layers if layer not in claimed]
+        problems += [
+            f"missing: {expected_diffusers_key(target, layer)} (fills {target}"
+            + (f" layer {layer})" if layer is not None else ")")
+            for layer in missing
+        ]
+        if not missing and len(sources[target]) == len(layers):
+            ordered = tuple(sorted(sources[target], key=lambda s: -1 if s.layer is None else s.layer))
+            plans.append(LeafPlan(target, tuple(shape), np.dtype(dtype), ordered))
+    if problems:
+        raise ConversionError(problems)
+    return plans

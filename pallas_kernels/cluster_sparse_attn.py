@@ -1,0 +1,254 @@
+"""Cluster (variable-block) sparse attention (SVG2): Pallas kernel lowered through Triton.
+
+Scheme: tokens are already sorted by cluster, so each cluster is a contiguous row range. Instead of
+padding every cluster to a block multiple (FlashInfer's variable-block approach, which computes up to
+1.7–1.9× the needed FLOPs), the kernel cuts both sorted sequences into fixed tiles (``block_q`` query rows,
+``block_k`` key rows) that ignore cluster boundaries. :func:`cluster_tile_plan` lists, per query tile, the
+key tiles that hold any selected (query cluster, key cluster) pair, and marks the *full* ones. The kernel
+walks that list with an online softmax; on a full tile it uses the logits as they are, on a partial one it
+masks element by element with ``map[q_label[row], k_label[col]]`` (a gather from the small per-head map).
+So the result is exact, and the work is bounded by the tiles that straddle selected clusters.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as pltriton
+from jaxtyping import Array, Bool, Float, Int
+
+from . import checks
+from .block_sparse_attn import (
+    LOG2E,
+    TritonConfig,
+    default_triton_config,
+    finish_softmax,
+    online_softmax_step,
+    pad_axis,
+    padded_head_dim,
+    qk_logits,
+    resolve_implementation,
+)
+from .cluster_plan import ClusterTilePlan, cluster_tile_plan
+from .reference import cluster_sparse_attention_reference
+
+DEFAULT_BLOCK_Q = 128
+DEFAULT_BLOCK_K = 64
+
+
+def _tile_mask(map_ref, q_lab, k_lab, lo, hi):
+    """``map[q_lab[r], k_lab[c]]`` for one tile, as an OR over the query clusters ``lo..hi`` in the tile.
+
+    Each step gathers one map row at the tile's key labels (``block_k`` loads) and ORs it into the rows of
+    that cluster; a tile holds only a few query clusters, so this is far cheaper than gathering all
+    ``block_q·block_k`` entries.
+    """
+
+    def add_cluster(u, allowed):
+        row = map_ref[u, k_lab] != 0  # [bk]
+        return allowed | ((q_lab == u)[:, None] & row[None, :])
+
+    init = jnp.zeros((q_lab.shape[0], k_lab.shape[0]), jnp.bool_)
+    return jax.lax.fori_loop(lo, hi + 1, add_cluster, init)
+
+
+def _kernel(
+    idx_ref,
+    cnt_ref,
+    full_ref,
+    qlab_ref,
+    klab_ref,
+    map_ref,
+    q_ref,
+    k_ref,
+    v_ref,
+    o_ref,
+    *,
+    scale_log2: float,
+    block_k: int,
+    num_kv_tiles: int,
+    skip_full: bool,
+):
+    block_q, head_dim = q_ref.shape
+    q = q_ref[...]  # [bq, D]
+    q_lab = qlab_ref[...]  # [bq], ascending: the tile's clusters are lo..hi
+    lo, hi = qlab_ref[0], qlab_ref[block_q - 1]
+    count = jnp.clip(cnt_ref[0], 0, num_kv_tiles)
+
+    def body(j, carry):
+        kt = jnp.clip(idx_ref[j], 0, num_kv_tiles - 1)
+        start = pl.multiple_of(kt * block_k, block_k)
+        k = k_ref[pl.ds(start, block_k), :]  # [bk, D]
+        v = v_ref[pl.ds(start, block_k), :]  # [bk, D]
+        s = qk_logits(q, k, scale_log2)  # [bq, bk]
+
+        def mask(s):
+            allowed = _tile_mask(map_ref, q_lab, klab_ref[pl.ds(start, block_k)], lo, hi)
+            return jnp.where(allowed, s, -jnp.inf)
+
+        if skip_full:
+            s = jax.lax.cond(full_ref[j] != 0, lambda s: s, mask, s)
+        else:
+            s = mask(s)
+        return online_softmax_step(carry, s, v, masked=True)
+
+    carry = (
+        jnp.zeros((block_q, head_dim), jnp.float32),
+        jnp.full((block_q,), -jnp.inf, jnp.float32),
+        jnp.zeros((block_q,), jnp.float32),
+    )
+    acc, _, row_sum = jax.lax.fori_loop(0, count, body, carry)
+    o_ref[...] = finish_softmax(acc, row_sum).astype(o_ref.dtype)
+
+
+def _call(
+    q, k, v, plan: ClusterTilePlan, *, sm_scale: float, config: TritonConfig, interpret: bool, skip_full: bool
+):
+    """Launch on padded operands: q ``[B, nqt·bq, H, Dp]``, k/v ``[B, nkt·bk, H, Dp]``."""
+    b, nq_pad, h, d = q.shape
+    nk_pad = k.shape[1]
+    bq, bk = plan.block_q, plan.block_k
+    nqt, nkt = plan.kv_tile_indices.shape[2:]
+    cq1, ck1 = plan.cluster_map.shape[2:]
+    kernel = functools.partial(
+        _kernel, scale_log2=sm_scale * LOG2E, block_k=bk, num_kv_tiles=nkt, skip_full=skip_full
+    )
+    list_spec = pl.BlockSpec((None, None, None, nkt), lambda i, bi, hi: (bi, hi, i, 0))
+    kv_spec = pl.BlockSpec((None, nk_pad, None, d), lambda i, bi, hi: (bi, 0, hi, 0))
+    return pl.pallas_call(
+        kernel,
+        grid=(nqt, b, h),
+        in_specs=[
+            list_spec,
+            pl.BlockSpec((None, None, None, 1), lambda i, bi, hi: (bi, hi, i, 0)),
+            list_spec,
+            pl.BlockSpec((None, None, bq), lambda i, bi, hi: (bi, hi, i)),
+            pl.BlockSpec((None, None, nk_pad), lambda i, bi, hi: (bi, hi, 0)),
+            pl.BlockSpec((None, None, cq1, ck1), lambda i, bi, hi: (bi, hi, 0, 0)),
+            pl.BlockSpec((None, bq, None, d), lambda i, bi, hi: (bi, i, hi, 0)),
+            kv_spec,
+            kv_spec,
+        ],
+        out_specs=pl.BlockSpec((None, bq, None, d), lambda i, bi, hi: (bi, i, hi, 0)),
+        out_shape=jax.ShapeDtypeStruct((b, nq_pad, h, d), q.dtype),
+        compiler_params=pltriton.CompilerParams(num_warps=config.num_warps, num_stages=config.num_stages),
+        interpret=interpret,
+        name="cluster_sparse_attention",
+    )(
+        plan.kv_tile_indices,
+        plan.kv_tile_counts[..., None],
+        plan.kv_tile_full,
+        plan.q_labels,
+        plan.k_labels,
+        plan.cluster_map,
+        q,
+        k,
+        v,
+    )
+
+
+def check_cluster_inputs(q, k, q_cluster_sizes, k_cluster_sizes, cluster_map) -> None:
+    """Validate cluster sizes and the map against ``[B, N, H, D]`` q / ``[B, M, H, D]`` k."""
+    b, n, h, _ = q.shape
+    m = k.shape[1]
+    for name, x in (("q_cluster_sizes", q_cluster_sizes), ("k_cluster_sizes", k_cluster_sizes)):
+        if x.ndim != 3:
+            raise ValueError(f"{name} must have rank 3 [B, H, C]; got shape {x.shape}")
+        checks.check_int_array(name, x, (b, h, x.shape[2]))
+        if x.shape[2] < 1:
+            raise ValueError(f"{name} needs at least one cluster; got shape {x.shape}")
+    cq, ck = q_cluster_sizes.shape[2], k_cluster_sizes.shape[2]
+    if cluster_map.shape != (b, h, cq, ck):
+        raise ValueError(
+            f"cluster_map must have shape [B, H, Cq, Ck] = {(b, h, cq, ck)}; got {cluster_map.shape}"
+        )
+    if cluster_map.dtype != jnp.bool_:
+        raise ValueError(f"cluster_map must be boolean; got dtype {cluster_map.dtype}")
+    checks.check_sizes_sum("q_cluster_sizes", q_cluster_sizes, n, "N (query rows)")
+    checks.check_sizes_sum("k_cluster_sizes", k_cluster_sizes, m, "M (key rows)")
+
+
+def cluster_sparse_attention(
+    q: Float[Array, "B N H D"],
+    k: Float[Array, "B M H D"],
+    v: Float[Array, "B M H D"],
+    q_cluster_sizes: Int[Array, "B H Cq"],
+    k_cluster_sizes: Int[Array, "B H Ck"],
+    cluster_map: Bool[Array, "B H Cq Ck"],
+    *,
+    sm_scale: float | None = None,
+    implementation: str = "auto",
+    interpret: bool | None = None,
+    block_q: int = DEFAULT_BLOCK_Q,
+    block_k: int = DEFAULT_BLOCK_K,
+    config: TritonConfig | None = None,
+) -> Float[Array, "B N H D"]:
+    """Attention where each query row of cluster ``i`` sees the key rows of each cluster ``j`` with map[i, j].
+
+    q rows form contiguous clusters of ``q_cluster_sizes`` (summing to N), k/v rows contiguous clusters of
+    ``k_cluster_sizes`` (summing to M); zero-size clusters are allowed. A row whose cluster selects no
+    (non-empty) key cluster outputs zeros. Layout ``[B, N, H, D]``; ``sm_scale`` defaults to ``D**-0.5``.
+
+    Tiling scheme (see the module docstring): fixed ``block_q`` × ``block_k`` tiles over the sorted
+    sequences, a per-query-tile list of key tiles built on device by :func:`cluster_tile_plan`, and an
+    exact element mask only on tiles that straddle a cluster boundary with a mixed selection. ``block_q``
+    and ``block_k`` (powers of two) and ``config`` change speed, never the result.
+
+    ``implementation``: ``"xla"`` (dense-masked oracle), ``"pallas_triton"`` or ``"auto"`` (Triton on GPU,
+    XLA on CPU). ``interpret`` defaults to True off-GPU.
+    """
+    checks.check_qkv(q, k, v)
+    checks.check_block_size("block_q", block_q)
+    checks.check_block_size("block_k", block_k)
+    check_cluster_inputs(q, k, q_cluster_sizes, k_cluster_sizes, cluster_map)
+    sm_scale = checks.default_sm_scale(q) if sm_scale is None else float(sm_scale)
+    impl = resolve_implementation(implementation, "cluster_sparse_attention")
+    if impl == "xla":
+        return cluster_sparse_attention_reference(
+            q, k, v, q_cluster_sizes, k_cluster_sizes, cluster_map, sm_scale=sm_scale
+        )
+    plan = cluster_tile_plan(
+        q_cluster_sizes,
+        k_cluster_sizes,
+        cluster_map,
+        num_q=q.shape[1],
+        num_k=k.shape[1],
+        block_q=block_q,
+        block_k=block_k,
+    )
+    return cluster_sparse_attention_from_plan(
+        q, k, v, plan, sm_scale=sm_scale, interpret=interpret, config=config
+    )
+
+
+def cluster_sparse_attention_from_plan(
+    q: Float[Array, "B N H D"],
+    k: Float[Array, "B M H D"],
+    v: Float[Array, "B M H D"],
+    plan: ClusterTilePlan,
+    *,
+    sm_scale: float | None = None,
+    interpret: bool | None = None,
+    config: TritonConfig | None = None,
+    skip_full: bool = True,
+) -> Float[Array, "B N H D"]:
+    """Run the Triton kernel on a plan from :func:`cluster_tile_plan` (to time or reuse the plan apart)."""
+    checks.check_qkv(q, k, v)
+    b, n, h, d = q.shape
+    block_q, block_k = plan.block_q, plan.block_k
+    nqt, nkt = plan.kv_tile_indices.shape[2:]
+    if plan.q_labels.shape != (b, h, nqt * block_q) or plan.k_labels.shape != (b, h, nkt * block_k):
+        raise ValueError(
+            f"plan does not fit q/k: plan covers {nqt}x{block_q} query and {nkt}x{block_k} key rows for "
+            f"(B, H)={plan.q_labels.shape[:2]}; got {q.shape=} and {k.shape=}"
+        )
+    sm_scale = checks.default_sm_scale(q) if sm_scale is None else float(sm_scale)
+    interpret = (jax.default_backend() != "gpu") if interpret is None else interpret
+    dp = padded_head_dim(d)
+    qp = pad_axis(pad_axis(q, 1, nqt * block_q), 3, dp)
+    kp = pad_axis(pad_axis(k, 1, nkt * block_k), 3, dp)
+    vp = pad_axis(pad_axis(v, 1, nkt * block_k), 3, dp)
+    config = config or default_triton_config(block_q, dp)
+    out = _call(qp, kp, vp, plan, sm_scale=sm_scale, config=config, interpret=interpret, skip_full=skip_full)
+    return out[:, :n, :, :d]

@@ -1,0 +1,165 @@
+"""k-means assignment (SVG2's "FlashAssign"): fused squared-L2 distances + argmin, lowered through Triton.
+
+One Pallas program owns ``block_n`` rows of one group. It keeps its ``[block_n, D]`` tile of ``x`` in
+registers and streams the group's centroids in ``block_k`` tiles, computing
+``‖x‖² + ‖c‖² − 2·x·c`` with a float32-accumulating dot and keeping a running minimum and argmin. The
+``[N, K]`` distance matrix therefore never exists in HBM; only ``[N]`` labels and distances are written.
+
+Ragged sizes: ``K`` is padded to a multiple of ``block_k`` with centroids at ``+inf`` distance; ``N`` is
+*not* padded (that would copy ``x``): the last row tile is shifted back to end at row ``N`` and
+overlaps its neighbour, whose rows it recomputes bit-identically.
+"""
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as pltriton
+from jaxtyping import Array, Float, Int
+
+from . import checks
+from .block_sparse_attn import dot_precision, pad_axis, padded_head_dim, resolve_implementation
+from .kmeans_reference import kmeans_assign_reference
+
+_INT32_MAX = jnp.iinfo(jnp.int32).max
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class KMeansAssignConfig:
+    """Tiles and launch knobs of the assignment kernel; they change speed, never the labels."""
+
+    block_n: int = 128
+    block_k: int = 64
+    num_warps: int = 4
+    num_stages: int = 2
+
+    def __post_init__(self):
+        checks.check_block_size("block_n", self.block_n)
+        checks.check_block_size("block_k", self.block_k)
+        if self.num_warps not in (1, 2, 4, 8, 16):
+            raise ValueError(f"{self.num_warps=} must be one of 1, 2, 4, 8, 16")
+        if self.num_stages < 1:
+            raise ValueError(f"{self.num_stages=} must be >= 1")
+
+
+def _kernel(
+    x_ref, c_ref, cc_ref, label_ref, dist_ref, *, block_n: int, block_k: int, num_rows: int, num_k_blocks: int
+):
+    # Shift the last tile back so that it ends at row N (no padding of x; overlapping rows agree).
+    start = jnp.minimum(pl.program_id(0) * block_n, num_rows - block_n)
+    x = x_ref[pl.ds(start, block_n), :]  # [bn, Dp]
+    xf = x.astype(jnp.float32)
+    xx = jnp.sum(xf * xf, axis=1)  # [bn]
+
+    def body(j, carry):
+        best_d, best_i = carry
+        k0 = pl.multiple_of(j * block_k, block_k)
+        c = c_ref[pl.ds(k0, block_k), :]  # [bk, Dp]
+        cc = cc_ref[pl.ds(k0, block_k)]  # [bk], +inf on padded centroids
+        xc = jax.lax.dot_general(
+            x,
+            c,
+            (((1,), (1,)), ((), ())),
+            precision=dot_precision(x.dtype),
+            preferred_element_type=jnp.float32,
+        )  # [bn, bk]
+        d = xx[:, None] + cc[None, :] - 2.0 * xc
+        tile_min = jnp.min(d, axis=1)  # [bn]
+        cols = k0 + jax.lax.broadcasted_iota(jnp.int32, (block_n, block_k), 1)
+        tile_arg = jnp.min(jnp.where(d == tile_min[:, None], cols, _INT32_MAX), axis=1)  # lowest index
+        better = tile_min < best_d  # strict: an earlier tile keeps its ties
+        return jnp.where(better, tile_min, best_d), jnp.where(better, tile_arg, best_i)
+
+    init = (jnp.full((block_n,), jnp.inf, jnp.float32), jnp.zeros((block_n,), jnp.int32))
+    best_d, best_i = jax.lax.fori_loop(0, num_k_blocks, body, init)
+    label_ref[pl.ds(start, block_n)] = best_i
+    dist_ref[pl.ds(start, block_n)] = best_d
+
+
+def _call(x, c, cc, *, block_n: int, block_k: int, config: KMeansAssignConfig, interpret: bool):
+    """Launch on x ``[G, N, Dp]`` (N >= block_n), c ``[G, Kp, Dp]`` and cc ``[G, Kp]`` (Kp % block_k == 0)."""
+    g, n, dp = x.shape
+    kp = c.shape[1]
+    kernel = functools.partial(
+        _kernel, block_n=block_n, block_k=block_k, num_rows=n, num_k_blocks=kp // block_k
+    )
+    return pl.pallas_call(
+        kernel,
+        grid=(pl.cdiv(n, block_n), g),
+        in_specs=[
+            pl.BlockSpec((None, n, dp), lambda i, gi: (gi, 0, 0)),
+            pl.BlockSpec((None, kp, dp), lambda i, gi: (gi, 0, 0)),
+            pl.BlockSpec((None, kp), lambda i, gi: (gi, 0)),
+        ],
+        out_specs=[
+            pl.BlockSpec((None, n), lambda i, gi: (gi, 0)),
+            pl.BlockSpec((None, n), lambda i, gi: (gi, 0)),
+        ],
+        out_shape=[
+            jax.ShapeDtypeStruct((g, n), jnp.int32),
+            jax.ShapeDtypeStruct((g, n), jnp.float32),
+        ],
+        compiler_params=pltriton.CompilerParams(num_warps=config.num_warps, num_stages=config.num_stages),
+        interpret=interpret,
+        name="kmeans_assign",
+    )(x, c, cc)
+
+
+def _check_inputs(x, centroids) -> None:
+    if x.ndim != 3:
+        raise ValueError(f"x must have rank 3 [G, N, D]; got shape {x.shape}")
+    if centroids.ndim != 3:
+        raise ValueError(f"centroids must have rank 3 [G, K, D]; got shape {centroids.shape}")
+    for name, a in (("x", x), ("centroids", centroids)):
+        if a.dtype not in checks.FLOAT_DTYPES:
+            raise ValueError(f"{name} must be float32, bfloat16 or float16; got {a.dtype}")
+    g, n, d = x.shape
+    if (centroids.shape[0], centroids.shape[2]) != (g, d):
+        raise ValueError(
+            f"x and centroids must agree on groups and dim (G, D); got {x.shape=} and {centroids.shape=}"
+        )
+    if n == 0 or centroids.shape[1] == 0:
+        raise ValueError(f"need at least one row and one centroid; got N={n}, K={centroids.shape[1]}")
+
+
+def kmeans_assign(
+    x: Float[Array, "G N D"],
+    centroids: Float[Array, "G K D"],
+    *,
+    implementation: str = "auto",
+    interpret: bool | None = None,
+    config: KMeansAssignConfig | None = None,
+) -> tuple[Int[Array, "G N"], Float[Array, "G N"]]:
+    """Nearest centroid (squared L2) of every row of every group: ``(labels int32, min_dist float32)``.
+
+    Centroids are rounded to ``x.dtype`` for the dot (bf16 inputs run at tensor-core speed), which
+    accumulates in float32; ties go to the lowest centroid index. ``N``, ``K`` and ``D`` are arbitrary.
+
+    ``implementation``: ``"xla"`` (the oracle :func:`kmeans_assign_reference`, materialising ``[G, N, K]``),
+    ``"pallas_triton"`` (the fused kernel; runs on CPU with ``interpret=True``) or ``"auto"`` (Triton on
+    GPU, XLA on CPU). ``interpret`` defaults to True off-GPU; ``config`` tunes the launch.
+    """
+    _check_inputs(x, centroids)
+    impl = resolve_implementation(implementation, "kmeans_assign")
+    if impl == "xla":
+        return kmeans_assign_reference(x, centroids)
+    interpret = (jax.default_backend() != "gpu") if interpret is None else interpret
+    config = config or KMeansAssignConfig()
+    g, n, d = x.shape
+    k = centroids.shape[1]
+    block_n = min(config.block_n, max(16, pl.next_power_of_2(n)))
+    block_k = min(config.block_k, max(16, pl.next_power_of_2(k)))
+    dp = padded_head_dim(d)
+
+    c = centroids.astype(x.dtype)
+    cf = c.astype(jnp.float32)
+    cc = jnp.sum(cf * cf, axis=-1)  # [G, K]
+    kp = pl.cdiv(k, block_k) * block_k
+    cc = jnp.pad(cc, ((0, 0), (0, kp - k)), constant_values=jnp.inf)  # [G, Kp]
+    c = pad_axis(pad_axis(c, 1, kp), 2, dp)  # [G, Kp, Dp]
+    # Copies x only when N < block_n or D is not a power of two >= 16.
+    xp = pad_axis(pad_axis(x, 1, max(n, block_n)), 2, dp)  # [G, max(N, bn), Dp]
+    labels, dist = _call(xp, c, cc, block_n=block_n, block_k=block_k, config=config, interpret=interpret)
+    return labels[:, :n], dist[:, :n]

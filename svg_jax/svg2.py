@@ -1,0 +1,359 @@
+"""SVG2 (Sparse VideoGen2): semantic-aware permutation + cluster-sparse attention for one layer.
+
+Per (batch, head), the video tokens' queries and keys are clustered by k-means (cold on a layer's first
+call, warm-started from that layer's cached centroids afterwards), tokens are sorted by cluster so that
+each cluster is contiguous, the importance of every (query cluster, key cluster) pair is estimated from
+the centroids, each query cluster keeps the smallest prefix of key clusters whose estimated mass reaches
+``top_p``, and :func:`svg_jax.pallas_kernels.cluster_sparse_attention` computes exact attention over the
+selected pairs. The output is un-permuted. Everything is traceable: no host synchronisation.
+
+Reference: svg-project/Sparse-VideoGen ``svg/models/*/attention.py`` (``*_SAPAttn_Processor``) and
+``svg/kmeans_utils.py``; see ``svg_methods.md`` §2.
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
+
+from svg_jax.kmeans import KMeansResult, kmeans
+from svg_jax.layout import TextTokens
+from svg_jax.pallas_kernels import checks, cluster_sparse_attention, permute_tokens
+from svg_jax.topp import add_text_clusters, cluster_probabilities, selected_mass, top_p_cluster_map
+
+# flash-kmeans as vendored by SVG2 stops when no centroid moves by more than this (L2).
+KMEANS_TOL = 1e-4
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SVG2Config:
+    """SVG2 method hyperparameters (names of issue #3; official CLI flags in comments)."""
+
+    num_q_clusters: int  # --num_q_centroids
+    num_k_clusters: int  # --num_k_centroids
+    top_p: float  # --top_p_kmeans: estimated attention mass kept per query cluster, in (0, 1]
+    min_k_cluster_ratio: float  # --min_kc_ratio: floor of int(ratio · num_k_clusters) key clusters
+    kmeans_init_iters: int  # --kmeans_iter_init: cold-start Lloyd iterations
+    kmeans_warm_iters: int  # --kmeans_iter_step: warm-start iterations on later calls
+    dense_steps: int  # denoising steps run dense first (floor(first_times_fp · steps))
+    dense_layers: int  # layers always run dense (floor(first_layers_fp · layers))
+
+    def __post_init__(self):
+        for name in ("num_q_clusters", "num_k_clusters"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"SVG2Config.{name} must be an int >= 1; got {value!r}")
+        for name in ("kmeans_init_iters", "kmeans_warm_iters", "dense_steps", "dense_layers"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"SVG2Config.{name} must be an int >= 0; got {value!r}")
+        if not isinstance(self.top_p, (int, float)) or not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"SVG2Config.top_p must be a float in (0, 1]; got {self.top_p!r}")
+        ratio = self.min_k_cluster_ratio
+        if not isinstance(ratio, (int, float)) or not 0.0 <= ratio <= 1.0:
+            raise ValueError(f"SVG2Config.min_k_cluster_ratio must be a float in [0, 1]; got {ratio!r}")
+
+    @property
+    def min_k_clusters(self) -> int:
+        """Key clusters always kept per query cluster (official: ``int(min_kc_ratio · kc)``)."""
+        return int(self.min_k_cluster_ratio * self.num_k_clusters)
+
+    def is_dense(self, step: int, layer: int) -> bool:
+        """Static schedule: the first ``dense_steps`` steps and ``dense_layers`` layers run dense."""
+        return step < self.dense_steps or layer < self.dense_layers
+
+    def check_num_tokens(self, num_video_tokens: int) -> None:
+        """Clusters cannot outnumber the video tokens they partition."""
+        for name in ("num_q_clusters", "num_k_clusters"):
+            value = getattr(self, name)
+            if value > num_video_tokens:
+                raise ValueError(
+                    f"SVG2Config.{name}={value} exceeds the {num_video_tokens} video tokens to cluster; "
+                    f"use at most {num_video_tokens}"
+                )
+
+
+def _official(qc: int, kc: int, dense_steps: int, dense_layers: int) -> SVG2Config:
+    # Every official *_sap.sh script: top_p 0.9, min_kc_ratio 0.10, 50 init / 2 warm iterations.
+    return SVG2Config(
+        num_q_clusters=qc, num_k_clusters=kc, top_p=0.9, min_k_cluster_ratio=0.10,
+        kmeans_init_iters=50, kmeans_warm_iters=2, dense_steps=dense_steps, dense_layers=dense_layers,
+    )
+
+
+# scripts/*/…_sap.sh of Sparse-VideoGen 5ce7b01 (svg_methods.md §2.4); dense counts at the scripts' steps.
+WAN21_T2V_720P = _official(300, 1000, dense_steps=10, dense_layers=1)  # 0.2·50, 0.03·40
+WAN21_I2V_720P = _official(300, 1000, dense_steps=14, dense_layers=1)  # 0.35·40, 1 layer
+WAN21_I2V_480P = _official(200, 1000, dense_steps=8, dense_layers=1)  # 0.2·40, 1 layer
+HUNYUAN_T2V_720P = _official(400, 1000, dense_steps=5, dense_layers=1)  # 0.1·50, 0.03·60
+HUNYUAN_T2V_480P = _official(200, 1000, dense_steps=2, dense_layers=0)  # 0.04·50, 0
+# Not an official script: both official 480p scripts use 200 query clusters, and the T2V 720p script's
+# schedule (0.2 of 50 steps, 0.03 of 40 layers) carries over unchanged.
+WAN21_T2V_480P = _official(200, 1000, dense_steps=10, dense_layers=1)
+
+PRESETS: dict[str, SVG2Config] = {
+    "wan2.1-t2v-14b-720p": WAN21_T2V_720P,
+    "wan2.1-t2v-14b-480p": WAN21_T2V_480P,
+    "wan2.1-i2v-14b-720p": WAN21_I2V_720P,
+    "wan2.1-i2v-14b-480p": WAN21_I2V_480P,
+    "hunyuanvideo-t2v-720p": HUNYUAN_T2V_720P,
+    "hunyuanvideo-t2v-480p": HUNYUAN_T2V_480P,
+}
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class SVG2Cache:
+    """Per-layer k-means centroids carried from call to call (and shared by the CFG passes).
+
+    Created stacked over layers (leading ``L`` axis); :meth:`layer` gives the slice one
+    :func:`svg2_attention` call takes, and a ``lax.scan`` over layers slices it the same way.
+    """
+
+    q_centroids: Float[Array, "*L B H Cq D"]  # float32 query centroids
+    k_centroids: Float[Array, "*L B H Ck D"]  # float32 key centroids
+    warm: Bool[Array, "*L"]  # True once the layer's centroids come from a k-means run
+
+    @classmethod
+    def create(
+        cls, num_layers: int, batch: int, heads: int, config: SVG2Config, head_dim: int
+    ) -> "SVG2Cache":
+        """An empty (cold) cache for ``num_layers`` layers."""
+        for name, value in (("num_layers", num_layers), ("batch", batch), ("heads", heads),
+                            ("head_dim", head_dim)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"SVG2Cache.create: {name} must be a positive int; got {value!r}")
+        lead = (num_layers, batch, heads)
+        return cls(
+            q_centroids=jnp.zeros((*lead, config.num_q_clusters, head_dim), jnp.float32),
+            k_centroids=jnp.zeros((*lead, config.num_k_clusters, head_dim), jnp.float32),
+            warm=jnp.zeros((num_layers,), jnp.bool_),
+        )
+
+    def layer(self, i: int | Int[Array, ""]) -> "SVG2Cache":
+        """The slice of layer ``i``."""
+        return jax.tree.map(lambda a: a[i], self)
+
+    def with_layer(self, i: int | Int[Array, ""], layer_cache: "SVG2Cache") -> "SVG2Cache":
+        """A copy with layer ``i`` replaced by ``layer_cache``."""
+        return jax.tree.map(lambda a, b: a.at[i].set(b), self, layer_cache)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class SVG2Plan:
+    """The sparsity plan of one layer call. ``Nv`` counts video tokens; ``Cq2 = Cq (+2 with text)``.
+
+    The attention runs on the sorted sequence ``[video tokens in cluster order, text (prompt, padding)]``:
+    sorted slot ``s`` holds video token ``q_perm[..., s]``; text pseudo-clusters come last.
+    """
+
+    q_labels: Int[Array, "B H Nv"]  # k-means cluster of each video query, original order
+    k_labels: Int[Array, "B H Nv"]
+    q_perm: Int[Array, "B H Nv"]  # stable argsort of q_labels
+    k_perm: Int[Array, "B H Nv"]  # stable argsort of k_labels (v follows k)
+    q_cluster_sizes: Int[Array, "B H Cq2"]  # video clusters, then prompt and padding with text
+    k_cluster_sizes: Int[Array, "B H Ck2"]
+    cluster_map: Bool[Array, "B H Cq2 Ck2"]  # query cluster i attends key cluster j
+    probs: Float[Array, "B H Cq Ck"]  # estimated attention mass of each video cluster pair
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class SVG2Stats:
+    """Small jit-friendly diagnostics of one call."""
+
+    density: Float[Array, "B H"]  # Σ n_q·n_k·map / N² over the whole sequence (text included)
+    estimated_recall: Float[Array, "B H"]  # centroid-estimated attention mass kept, query-size weighted
+    q_kmeans_iters: Int[Array, ""]  # Lloyd iterations run on Q
+    k_kmeans_iters: Int[Array, ""]
+
+
+def _split_text(x: Float[Array, "B N H D"], text: TextTokens | None):
+    """``(video, text)`` parts of a sequence (text is None without text tokens)."""
+    if text is None:
+        return x, None
+    ctx = text.num_tokens
+    if text.placement == "first":
+        return x[:, ctx:], x[:, :ctx]
+    return x[:, :-ctx], x[:, -ctx:]
+
+
+def _join_text(video: Float[Array, "B Nv H D"], txt, text: TextTokens | None) -> Float[Array, "B N H D"]:
+    """Inverse of :func:`_split_text`."""
+    if text is None:
+        return video
+    parts = (txt, video) if text.placement == "first" else (video, txt)
+    return jnp.concatenate(parts, axis=1)
+
+
+def inverse_permutation(perm: Int[Array, "*G N"]) -> Int[Array, "*G N"]:
+    """``inv[perm[s]] = s`` along the last axis (a scatter: no second sort)."""
+    iota = jnp.broadcast_to(jnp.arange(perm.shape[-1], dtype=perm.dtype), perm.shape)
+    return jnp.put_along_axis(jnp.zeros_like(perm), perm, iota, axis=-1, inplace=False)
+
+
+def _check_call(q, k, v, config, cache, text) -> None:
+    if not isinstance(config, SVG2Config):
+        raise ValueError(f"config must be an SVG2Config; got {type(config).__name__}")
+    checks.check_qkv(q, k, v)
+    b, n, h, d = q.shape
+    if k.shape[1] != n:
+        raise ValueError(
+            f"svg2_attention is self-attention: q and k need the same length; got {q.shape=}, {k.shape=}"
+        )
+    ctx = 0 if text is None else text.num_tokens
+    if ctx >= n:
+        raise ValueError(f"text.num_tokens={ctx} leaves no video tokens in a sequence of N={n}")
+    if text is not None and text.valid_len is not None and jnp.shape(text.valid_len) != (b,):
+        raise ValueError(f"text.valid_len must have shape [B] = ({b},); got {jnp.shape(text.valid_len)}")
+    config.check_num_tokens(n - ctx)
+    for name, arr, c in (("q_centroids", cache.q_centroids, config.num_q_clusters),
+                         ("k_centroids", cache.k_centroids, config.num_k_clusters)):
+        if arr.shape != (b, h, c, d):
+            hint = " (pass one layer's slice: cache.layer(i))" if arr.ndim == 5 else ""
+            raise ValueError(
+                f"cache.{name} must have shape [B, H, C, D] = {(b, h, c, d)}; got {arr.shape}{hint}"
+            )
+    if jnp.shape(cache.warm) != ():
+        raise ValueError(
+            f"cache.warm must be a scalar (one layer's slice); got shape {jnp.shape(cache.warm)}"
+        )
+
+
+def _cluster(x, cached, warm, key, *, num_clusters: int, config: SVG2Config, implementation, interpret):
+    """Per-(batch, head) k-means of ``[B, Nv, H, D]`` tokens: cold (``key``) or warm (``cached``)."""
+    b, n, h, d = x.shape
+    xg = jnp.swapaxes(x, 1, 2).reshape(b * h, n, d)  # [G, Nv, D]
+    opts = dict(tol=KMEANS_TOL, implementation=implementation, interpret=interpret)
+
+    def cold(_) -> KMeansResult:
+        return kmeans(xg, num_clusters, num_iters=config.kmeans_init_iters, key=key, **opts)
+
+    def hot(_) -> KMeansResult:
+        init = cached.reshape(b * h, num_clusters, d)  # [G, C, D]
+        return kmeans(xg, num_clusters, num_iters=config.kmeans_warm_iters, init_centroids=init, **opts)
+
+    res = jax.lax.cond(warm, hot, cold, None)
+    labels = res.labels.reshape(b, h, n)  # [B, H, Nv]
+    centroids = res.centroids.reshape(b, h, num_clusters, d)  # [B, H, C, D]
+    sizes = res.sizes.reshape(b, h, num_clusters)  # [B, H, C]
+    return labels, centroids, sizes, res.num_iters_run
+
+
+def svg2_plan(
+    q: Float[Array, "B N H D"],
+    k: Float[Array, "B N H D"],
+    *,
+    config: SVG2Config,
+    cache: SVG2Cache,
+    key: PRNGKeyArray,
+    text: TextTokens | None = None,
+    sm_scale: float | None = None,
+    implementation: str = "auto",
+    interpret: bool | None = None,
+) -> tuple[SVG2Plan, SVG2Cache, SVG2Stats]:
+    """Cluster, sort and select: the plan of :func:`svg2_attention`, the updated layer cache and stats."""
+    _check_call(q, k, k, config, cache, text)
+    b, n, h, d = q.shape
+    sm_scale = checks.default_sm_scale(q) if sm_scale is None else float(sm_scale)
+    qv, _ = _split_text(q, text)
+    kv, _ = _split_text(k, text)
+    nv = qv.shape[1]
+    key_q, key_k = jax.random.split(key)
+    opts = dict(config=config, implementation=implementation, interpret=interpret)
+    q_lab, q_cen, q_sizes, q_iters = _cluster(
+        qv, cache.q_centroids, cache.warm, key_q, num_clusters=config.num_q_clusters, **opts
+    )
+    k_lab, k_cen, k_sizes, k_iters = _cluster(
+        kv, cache.k_centroids, cache.warm, key_k, num_clusters=config.num_k_clusters, **opts
+    )
+    probs = cluster_probabilities(q_cen, k_cen, k_sizes, sm_scale=sm_scale)  # [B, H, Cq, Ck]
+    cmap = top_p_cluster_map(probs, top_p=config.top_p, min_clusters=config.min_k_clusters)
+    recall = jnp.sum(q_sizes * selected_mass(probs, cmap), axis=-1) / nv  # [B, H]
+
+    if text is not None:
+        ctx = text.num_tokens
+        prompt = jnp.clip(jnp.sum(text.valid_mask(b), axis=-1, dtype=jnp.int32), 0, ctx)  # [B]
+        txt_sizes = jnp.stack([prompt, ctx - prompt], axis=-1)  # [B, 2]
+        txt_sizes = jnp.broadcast_to(txt_sizes[:, None, :], (b, h, 2))  # [B, H, 2]
+        q_sizes_all = jnp.concatenate([q_sizes, txt_sizes], axis=-1)  # [B, H, Cq+2]
+        k_sizes_all = jnp.concatenate([k_sizes, txt_sizes], axis=-1)  # [B, H, Ck+2]
+        cmap_all = add_text_clusters(cmap)
+    else:
+        q_sizes_all, k_sizes_all, cmap_all = q_sizes, k_sizes, cmap
+
+    pair = jnp.einsum(
+        "bhi,bhij,bhj->bh", q_sizes_all.astype(jnp.float32), cmap_all.astype(jnp.float32),
+        k_sizes_all.astype(jnp.float32), precision=jax.lax.Precision.HIGHEST,
+    )
+    plan = SVG2Plan(
+        q_labels=q_lab, k_labels=k_lab,
+        q_perm=jnp.argsort(q_lab, axis=-1, stable=True).astype(jnp.int32),
+        k_perm=jnp.argsort(k_lab, axis=-1, stable=True).astype(jnp.int32),
+        q_cluster_sizes=q_sizes_all, k_cluster_sizes=k_sizes_all, cluster_map=cmap_all, probs=probs,
+    )
+    new_cache = SVG2Cache(q_centroids=q_cen, k_centroids=k_cen, warm=jnp.ones((), jnp.bool_))
+    stats = SVG2Stats(density=pair / float(n) ** 2, estimated_recall=recall,
+                      q_kmeans_iters=q_iters, k_kmeans_iters=k_iters)
+    return plan, new_cache, stats
+
+
+def apply_svg2_plan(
+    q: Float[Array, "B N H D"],
+    k: Float[Array, "B N H D"],
+    v: Float[Array, "B N H D"],
+    plan: SVG2Plan,
+    *,
+    text: TextTokens | None = None,
+    sm_scale: float | None = None,
+    implementation: str = "auto",
+    interpret: bool | None = None,
+) -> Float[Array, "B N H D"]:
+    """Permute by the plan, run cluster-sparse attention, and restore the original token order."""
+    qv, qt = _split_text(q, text)
+    kv, kt = _split_text(k, text)
+    vv, vt = _split_text(v, text)
+    nv = qv.shape[1]
+    perm_opts = dict(implementation=implementation, interpret=interpret)
+    (qs,) = permute_tokens([qv], plan.q_perm, **perm_opts)  # [B, Nv, H, D] in cluster order
+    ks, vs = permute_tokens([kv, vv], plan.k_perm, **perm_opts)  # v follows k
+    if text is not None:
+        qs, ks, vs = (jnp.concatenate([a, t], axis=1) for a, t in ((qs, qt), (ks, kt), (vs, vt)))
+    out = cluster_sparse_attention(
+        qs, ks, vs, plan.q_cluster_sizes, plan.k_cluster_sizes, plan.cluster_map,
+        sm_scale=sm_scale, implementation=implementation, interpret=interpret,
+    )  # [B, N, H, D] sorted
+    (out_v,) = permute_tokens([out[:, :nv]], inverse_permutation(plan.q_perm), **perm_opts)  # original order
+    return _join_text(out_v, out[:, nv:] if text is not None else None, text)
+
+
+def svg2_attention(
+    q: Float[Array, "B N H D"],
+    k: Float[Array, "B N H D"],
+    v: Float[Array, "B N H D"],
+    *,
+    config: SVG2Config,
+    cache: SVG2Cache,
+    key: PRNGKeyArray,
+    text: TextTokens | None = None,
+    sm_scale: float | None = None,
+    implementation: str = "auto",
+    interpret: bool | None = None,
+) -> tuple[Float[Array, "B N H D"], SVG2Cache, SVG2Stats]:
+    """SVG2 self-attention of one layer: ``(out, new_cache, stats)``; ``cache`` is that layer's slice.
+
+    The first call on a cold cache runs ``kmeans_init_iters`` iterations from random tokens (``key``);
+    later calls warm-start from the cached centroids (``kmeans_warm_iters``). ``text`` says where text
+    tokens sit and which are padding; they are not clustered but form the prompt/padding pseudo-clusters.
+    ``implementation``/``interpret`` select the k-means and attention kernels (never the result).
+    """
+    _check_call(q, k, v, config, cache, text)
+    plan, new_cache, stats = svg2_plan(
+        q, k, config=config, cache=cache, key=key, text=text, sm_scale=sm_scale,
+        implementation=implementation, interpret=interpret,
+    )
+    out = apply_svg2_plan(q, k, v, plan, text=text, sm_scale=sm_scale, implementation=implementation,
+                          interpret=interpret)
+    return out, new_cache, stats

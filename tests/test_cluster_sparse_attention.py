@@ -1,0 +1,169 @@
+"""cluster_sparse_attention (Pallas Triton kernel) and its tile plan against the dense-masked oracle."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from kernel_utils import REL_TOL, assert_close, random_cluster_sizes, random_qkv, rel_error
+
+from svg_jax.pallas_kernels import (
+    cluster_map_to_mask,
+    cluster_sparse_attention,
+    cluster_sparse_attention_reference,
+    cluster_tile_plan,
+)
+
+
+def random_problem(seed, b, n, m, h, cq, ck, density, zero_frac=0.2):
+    rng = np.random.default_rng(seed)
+    qs = np.stack([[random_cluster_sizes(rng, n, cq, zero_frac) for _ in range(h)] for _ in range(b)])
+    ks = np.stack([[random_cluster_sizes(rng, m, ck, zero_frac) for _ in range(h)] for _ in range(b)])
+    cmap = rng.random((b, h, cq, ck)) < density
+    return jnp.asarray(qs), jnp.asarray(ks), jnp.asarray(cmap)
+
+
+def run_both(q, k, v, qs, ks, cmap, *, interpret, block_q=64, block_k=32):
+    kernel = functools.partial(
+        cluster_sparse_attention,
+        implementation="pallas_triton",
+        interpret=interpret,
+        block_q=block_q,
+        block_k=block_k,
+    )
+    out = jax.jit(kernel)(q, k, v, qs, ks, cmap)
+    ref = jax.jit(cluster_sparse_attention_reference)(q, k, v, qs, ks, cmap)
+    return out, ref
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_grid_matches_reference(interpret, dtype, head_dim):
+    b, n, m, h = 2, 200, 170, 2
+    q, k, v = random_qkv(1, b, n, m, h, head_dim, dtype)
+    qs, ks, cmap = random_problem(2, b, n, m, h, 6, 9, 0.4)
+    out, ref = run_both(q, k, v, qs, ks, cmap, interpret=interpret)
+    assert_close(out, ref, dtype)
+
+
+@given(
+    n=st.integers(1, 230),
+    m=st.integers(1, 230),
+    cq=st.integers(1, 12),
+    ck=st.integers(1, 20),
+    density=st.sampled_from([0.0, 0.13, 0.3, 0.7, 1.0]),
+    blocks=st.sampled_from([(16, 16), (32, 16), (64, 32)]),
+    seed=st.integers(0, 2**16),
+)
+def test_fuzz_clusters(n, m, cq, ck, density, blocks, seed):
+    """Random cluster counts and sizes (zero-size ones included), ragged N ≠ M, B > 1, H > 1."""
+    b, h, d = 2, 2, 64
+    q, k, v = random_qkv(seed, b, n, m, h, d)
+    qs, ks, cmap = random_problem(seed + 1, b, n, m, h, cq, ck, density)
+    out, ref = run_both(q, k, v, qs, ks, cmap, interpret=True, block_q=blocks[0], block_k=blocks[1])
+    assert_close(out, ref, jnp.float32)
+
+
+def test_one_giant_cluster_all_true_equals_dense(interpret):
+    b, n, h, d = 1, 256, 2, 64
+    q, k, v = random_qkv(3, b, n, n, h, d)
+    sizes = jnp.full((b, h, 1), n, jnp.int32)
+    out = cluster_sparse_attention(
+        q,
+        k,
+        v,
+        sizes,
+        sizes,
+        jnp.ones((b, h, 1, 1), bool),
+        implementation="pallas_triton",
+        interpret=interpret,
+    )
+    with jax.default_matmul_precision("highest"):  # GPU float32 dots default to TF32
+        dense = jax.nn.dot_product_attention(q, k, v, implementation="xla")
+    assert rel_error(out, dense) <= REL_TOL[jnp.float32] * 10
+
+
+def test_all_true_map_with_many_clusters_equals_dense(interpret):
+    b, n, m, h, d = 1, 200, 150, 2, 64
+    q, k, v = random_qkv(4, b, n, m, h, d)
+    qs, ks, _ = random_problem(5, b, n, m, h, 9, 13, 1.0)
+    out = cluster_sparse_attention(
+        q,
+        k,
+        v,
+        qs,
+        ks,
+        jnp.ones((b, h, 9, 13), bool),
+        implementation="pallas_triton",
+        interpret=interpret,
+        block_q=64,
+        block_k=32,
+    )
+    with jax.default_matmul_precision("highest"):  # GPU float32 dots default to TF32
+        dense = jax.nn.dot_product_attention(q, k, v, implementation="xla")
+    assert rel_error(out, dense) <= REL_TOL[jnp.float32] * 10
+
+
+def test_rows_of_unselecting_clusters_are_zero(interpret):
+    b, n, h, d = 1, 128, 1, 64
+    q, k, v = random_qkv(6, b, n, n, h, d)
+    qs = jnp.array([[[0, 50, 0, 78]]], jnp.int32)  # zero-size clusters around real ones
+    ks = jnp.array([[[64, 0, 64]]], jnp.int32)
+    cmap = jnp.array([[[[True, True, True], [False, False, False], [True, True, True], [False, True, True]]]])
+    out, ref = run_both(q, k, v, qs, ks, cmap, interpret=interpret)
+    assert np.all(np.asarray(out[0, :50, 0]) == 0.0)
+    assert_close(out, ref, jnp.float32)
+
+
+@given(
+    n=st.integers(1, 300),
+    m=st.integers(1, 300),
+    cq=st.integers(1, 15),
+    ck=st.integers(1, 30),
+    density=st.floats(0.0, 1.0),
+    seed=st.integers(0, 2**16),
+)
+def test_plan_is_exact(n, m, cq, ck, density, seed):
+    """Visited tiles == tiles holding an allowed element; full tiles allow every real element."""
+    b, h, bq, bk = 1, 2, 32, 16
+    qs, ks, cmap = random_problem(seed, b, n, m, h, cq, ck, density)
+    plan = jax.jit(cluster_tile_plan, static_argnames=("num_q", "num_k", "block_q", "block_k"))(
+        qs, ks, cmap, num_q=n, num_k=m, block_q=bq, block_k=bk
+    )
+    mask = np.asarray(
+        jax.jit(cluster_map_to_mask, static_argnames=("num_q", "num_k"))(qs, ks, cmap, num_q=n, num_k=m)
+    )  # [B, H, N, M]
+    nqt, nkt = -(-n // bq), -(-m // bk)
+    pad = np.zeros((b, h, nqt * bq, nkt * bk), bool)
+    pad[:, :, :n, :m] = mask
+    tiles = pad.reshape(b, h, nqt, bq, nkt, bk)
+    any_tile = tiles.any(axis=(3, 5))
+    real = np.zeros((nqt * bq, nkt * bk), bool)
+    real[:n, :m] = True
+    real_tiles = real.reshape(nqt, bq, nkt, bk)
+    counts = np.asarray(plan.kv_tile_counts)
+    idx = np.asarray(plan.kv_tile_indices)
+    full = np.asarray(plan.kv_tile_full)
+    for hi in range(h):
+        for t in range(nqt):
+            listed = idx[0, hi, t, : counts[0, hi, t]]
+            assert list(listed) == list(np.flatnonzero(any_tile[0, hi, t]))
+            for j, s in enumerate(listed):
+                if full[0, hi, t, j]:  # padded query rows may attend anything: they are dropped
+                    assert tiles[0, hi, t, :, s, :][real_tiles[t, :, s, :]].all()
+                    assert (s + 1) * bk <= m, "a full tile must not hold padded keys"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16, jnp.float32], ids=["bf16", "f16", "f32"])
+@pytest.mark.parametrize("density", [0.13, 0.3, 1.0])
+def test_gpu_large_random(dtype, density):
+    """Compiled kernel at a video-like size with many small clusters against the oracle."""
+    b, n, h, d = 1, 4100, 4, 128
+    q, k, v = random_qkv(8, b, n, n, h, d, dtype)
+    qs, ks, cmap = random_problem(9, b, n, n, h, 30, 100, density)
+    out, ref = run_both(q, k, v, qs, ks, cmap, interpret=False, block_q=128, block_k=64)
+    assert_close(out, ref, dtype)

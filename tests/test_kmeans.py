@@ -1,0 +1,247 @@
+"""k-means: the fused assignment kernel against its oracle, and the Lloyd loop built on it."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from svg_jax.kmeans import KMeansResult, kmeans, update_centroids
+from svg_jax.pallas_kernels import KMeansAssignConfig, kmeans_assign, kmeans_assign_reference
+from svg_jax.pallas_kernels.kmeans_reference import squared_distances
+
+ON_GPU = jax.default_backend() == "gpu"
+
+# Distances of the kernel vs the oracle on the same rounded inputs: only the dot's summation order differs.
+DIST_TOL = {jnp.float32: 1e-4, jnp.bfloat16: 1e-3}
+SMALL_TILES = KMeansAssignConfig(block_n=16, block_k=16)
+
+
+def _data(seed: int, g: int, n: int, k: int, d: int, dtype=jnp.float32):
+    kx, kc = jax.random.split(jax.random.key(seed))
+    x = jax.random.normal(kx, (g, n, d), jnp.float32).astype(dtype)
+    c = jax.random.normal(kc, (g, k, d), jnp.float32)
+    return x, c
+
+
+def _check_assignment(x, c, labels, dist, dtype) -> None:
+    """Labels are a nearest centroid up to rounding, and the returned distance is its distance."""
+    d_ref = np.asarray(squared_distances(x, c))  # [G, N, K]
+    labels, dist = np.asarray(labels), np.asarray(dist)
+    assert labels.dtype == np.int32 and dist.dtype == np.float32
+    k = c.shape[1]
+    assert ((labels >= 0) & (labels < k)).all()
+    best = d_ref.min(-1)
+    chosen = np.take_along_axis(d_ref, labels[..., None], -1)[..., 0]
+    scale = 1.0 + np.abs(d_ref).max()
+    tol = DIST_TOL[dtype] * scale
+    np.testing.assert_array_less(chosen - best, tol)
+    np.testing.assert_allclose(dist, best, atol=tol, rtol=0)
+    # Rows whose two nearest centroids are well separated must agree exactly with the oracle.
+    ref_labels = np.asarray(kmeans_assign_reference(x, c)[0])
+    srt = np.sort(d_ref, axis=-1)
+    clear = (srt[..., 1] - srt[..., 0] > 2 * tol) if k > 1 else np.ones_like(labels, bool)
+    np.testing.assert_array_equal(labels[clear], ref_labels[clear])
+
+
+@settings(max_examples=5, derandomize=True, deadline=None)
+@given(
+    g=st.integers(1, 2),
+    n=st.integers(1, 150),
+    k=st.integers(1, 70),
+    d=st.sampled_from([1, 5, 16, 24, 33]),
+    dtype=st.sampled_from([jnp.float32, jnp.bfloat16]),
+    small_tiles=st.booleans(),
+)
+def test_assign_kernel_fuzz(g, n, k, d, dtype, small_tiles):
+    x, c = _data(n * 1000 + k, g, n, k, d, dtype)
+    config = SMALL_TILES if small_tiles else None
+    labels, dist = kmeans_assign(x, c, implementation="pallas_triton", interpret=True, config=config)
+    _check_assignment(x, c, labels, dist, dtype)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_assign_kernel_ragged_grid(dtype):
+    """N, K, D all off the tiles: a shifted last row tile, padded centroid tiles, padded D."""
+    x, c = _data(3, 2, 75, 37, 20, dtype)
+    labels, dist = kmeans_assign(x, c, implementation="pallas_triton", interpret=True, config=SMALL_TILES)
+    _check_assignment(x, c, labels, dist, dtype)
+
+
+@pytest.mark.parametrize("implementation", ["pallas_triton", "xla"])
+def test_assign_ties_pick_lowest_index(implementation):
+    """Exact ties (integer data: every distance is exact) go to the lowest centroid index, across tiles."""
+    rng = np.random.default_rng(0)
+    g, n, k, d = 1, 40, 48, 16
+    c = rng.integers(-3, 4, (g, k, d)).astype(np.float32)
+    c[:, 20] = c[:, 3]  # duplicates in other 16-wide centroid tiles
+    c[:, 45] = c[:, 3]
+    x = rng.integers(-3, 4, (g, n, d)).astype(np.float32)
+    x[:, :10] = c[:, 3:4]  # these rows sit exactly on centroids 3 = 20 = 45
+    x[:, 10] = 0.0
+    c[:, 30] = -c[:, 31]  # row 10 is equidistant from 30 and 31 ...
+    c[:, 30, 0] = c[:, 31, 0] = 0.0
+    x, c = jnp.asarray(x), jnp.asarray(c)
+    labels, _ = kmeans_assign(x, c, implementation=implementation, interpret=True, config=SMALL_TILES)
+    ref = kmeans_assign_reference(x, c)[0]
+    np.testing.assert_array_equal(labels, ref)
+    assert (np.asarray(labels)[0, :10] == 3).all()
+
+
+def test_assign_bad_inputs():
+    x, c = _data(0, 2, 8, 3, 4)
+    # Shape errors: ValueError from the wrapper, or TypeError from jaxtyping when its checks are enabled.
+    with pytest.raises((ValueError, TypeError), match="x must have rank 3|parameter 'x'"):
+        kmeans_assign(x[0], c)
+    with pytest.raises((ValueError, TypeError), match="agree on groups and dim|parameter 'centroids'"):
+        kmeans_assign(x, c[:, :, :3])
+    with pytest.raises(ValueError, match="implementation"):
+        kmeans_assign(x, c, implementation="cuda")
+    with pytest.raises(ValueError, match="block_n"):
+        KMeansAssignConfig(block_n=100)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not ON_GPU, reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("shape", [(4, 4097, 300, 128), (2, 1000, 1000, 64), (3, 77, 5, 7)])
+def test_assign_kernel_compiled_gpu(shape, dtype):
+    x, c = _data(1, *shape, dtype)
+    labels, dist = jax.jit(lambda a, b: kmeans_assign(a, b, implementation="pallas_triton"))(x, c)
+    _check_assignment(x, c, labels, dist, dtype)
+
+
+# --------------------------------------------------------------------------------------------------
+# Lloyd iterations
+
+_STATIC = ("num_clusters", "num_iters", "tol", "implementation", "interpret", "assign_config")
+kmeans_jit = jax.jit(kmeans, static_argnames=_STATIC)  # one compile per shape and static setting
+
+
+def _objective(x, c) -> np.ndarray:
+    return np.asarray(jnp.sum(jnp.maximum(jnp.min(squared_distances(x, c), -1), 0.0), -1))  # [G]
+
+
+def _blobs(seed: int, g: int, n: int, d: int, comps: int):
+    k1, k2, k3 = jax.random.split(jax.random.key(seed), 3)
+    mu = 4.0 * jax.random.normal(k1, (g, comps, d))
+    lab = jax.random.randint(k2, (g, n), 0, comps)
+    return jnp.take_along_axis(mu, lab[..., None], 1) + jax.random.normal(k3, (g, n, d))
+
+
+def test_objective_never_increases():
+    x = _blobs(0, 3, 200, 8, 6)
+    c0 = kmeans_jit(x, num_clusters=10, num_iters=0, key=jax.random.key(1)).centroids
+    run = lambda c, t: kmeans_jit(x, num_clusters=10, num_iters=t, init_centroids=c)
+    prev = _objective(x, c0)
+    for t in range(1, 6):
+        cur = _objective(x, run(c0, t).centroids)
+        assert (cur <= prev * (1 + 1e-5) + 1e-5).all(), (t, prev, cur)
+        prev = cur
+
+
+def test_result_is_consistent():
+    """sizes == bincount(labels); centroids are the members' means; labels are nearest to the input."""
+    x = _blobs(1, 2, 150, 5, 4)
+    res = kmeans_jit(x, num_clusters=7, num_iters=3, key=jax.random.key(0))
+    assert isinstance(res, KMeansResult)
+    assert res.labels.dtype == jnp.int32 and res.sizes.dtype == jnp.int32
+    assert res.centroids.dtype == jnp.float32 and res.centroids.shape == (2, 7, 5)
+    assert int(res.num_iters_run) == 3
+    labels, sizes = np.asarray(res.labels), np.asarray(res.sizes)
+    for gi in range(2):
+        np.testing.assert_array_equal(np.bincount(labels[gi], minlength=7), sizes[gi])
+        for ci in np.flatnonzero(sizes[gi]):
+            np.testing.assert_allclose(res.centroids[gi, ci], np.asarray(x)[gi, labels[gi] == ci].mean(0),
+                                       rtol=1e-5, atol=1e-5)
+
+
+def test_cold_start_uses_distinct_points():
+    x = jax.random.normal(jax.random.key(0), (3, 50, 4))
+    res = kmeans_jit(x, num_clusters=50, num_iters=0, key=jax.random.key(2))
+    for gi in range(3):
+        rows = {tuple(r) for r in np.asarray(res.centroids[gi])}
+        assert len(rows) == 50  # all rows used once: K = N distinct points
+        assert rows == {tuple(r) for r in np.asarray(x[gi])}
+    # With K = N every point is its own cluster.
+    assert (np.asarray(res.sizes) == 1).all()
+
+
+def test_warm_start_from_converged_stops_fast():
+    x = _blobs(2, 2, 300, 6, 5)
+    cold = kmeans_jit(x, num_clusters=8, num_iters=200, key=jax.random.key(3), tol=0.0)
+    assert int(cold.num_iters_run) < 200  # converged: no centroid moved
+    warm = kmeans_jit(x, num_clusters=8, num_iters=10, init_centroids=cold.centroids, tol=1e-6)
+    assert int(warm.num_iters_run) <= 2
+    np.testing.assert_array_equal(warm.labels, cold.labels)
+    np.testing.assert_allclose(warm.centroids, cold.centroids, rtol=1e-6, atol=1e-6)
+
+
+def test_tol_none_runs_all_iterations():
+    x = _blobs(2, 1, 100, 3, 2)
+    res = kmeans_jit(x, num_clusters=2, num_iters=7, key=jax.random.key(0))
+    assert int(res.num_iters_run) == 7
+    assert int(kmeans_jit(x, num_clusters=2, num_iters=7, key=jax.random.key(0), tol=1e-3).num_iters_run) < 7
+
+
+def test_empty_cluster_keeps_centroid():
+    x = _blobs(4, 2, 120, 4, 3)
+    init = kmeans_jit(x, num_clusters=5, num_iters=0, key=jax.random.key(0)).centroids
+    far = jnp.full((4,), 1e3)
+    init = init.at[:, 2].set(far)  # nothing is ever nearest to it
+    res = kmeans_jit(x, num_clusters=5, num_iters=4, init_centroids=init)
+    assert (np.asarray(res.sizes)[:, 2] == 0).all()
+    assert (np.asarray(res.labels) != 2).all()
+    np.testing.assert_array_equal(res.centroids[:, 2], np.broadcast_to(far, (2, 4)))
+    assert (np.asarray(res.sizes).sum(-1) == 120).all()
+    # The update alone: an empty cluster keeps exactly the centroid it had.
+    c, s = update_centroids(x, jnp.zeros((2, 120), jnp.int32), init)
+    np.testing.assert_array_equal(c[:, 1:], init[:, 1:])
+    assert (np.asarray(s)[:, 0] == 120).all()
+
+
+def test_pallas_path_matches_xla_path():
+    x = _blobs(5, 2, 90, 12, 4)
+    kw = dict(num_iters=3, key=jax.random.key(0))
+    a = kmeans_jit(x, num_clusters=6, implementation="pallas_triton", interpret=True, **kw)
+    b = kmeans_jit(x, num_clusters=6, implementation="xla", **kw)
+    np.testing.assert_array_equal(a.labels, b.labels)
+    np.testing.assert_allclose(a.centroids, b.centroids, rtol=1e-6, atol=1e-6)
+
+
+def test_bf16_input_gives_f32_centroids():
+    x = _blobs(6, 1, 64, 8, 3).astype(jnp.bfloat16)
+    res = kmeans_jit(x, num_clusters=4, num_iters=3, key=jax.random.key(0))
+    assert res.centroids.dtype == jnp.float32
+    assert int(res.sizes.sum()) == 64
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(num_clusters=0, num_iters=1, key=jax.random.key(0)), "num_clusters"),
+        (dict(num_clusters=11, num_iters=1, key=jax.random.key(0)), "num_clusters"),
+        (dict(num_clusters=2, num_iters=-1, key=jax.random.key(0)), "num_iters"),
+        (dict(num_clusters=2, num_iters=1), "exactly one of key"),
+        (dict(num_clusters=2, num_iters=1, key=jax.random.key(0), init_centroids=jnp.zeros((1, 2, 3))),
+         "exactly one of key"),
+        (dict(num_clusters=2, num_iters=1, init_centroids=jnp.zeros((1, 3, 3))), "init_centroids"),
+        (dict(num_clusters=2, num_iters=1, key=jax.random.key(0), tol=-1.0), "tol"),
+    ],
+)
+def test_kmeans_bad_arguments(kwargs, match):
+    x = jnp.zeros((1, 10, 3))
+    with pytest.raises(ValueError, match=match):
+        kmeans(x, kwargs.pop("num_clusters"), **kwargs)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not ON_GPU, reason="needs a CUDA GPU")
+def test_kmeans_compiled_gpu_matches_xla():
+    x = _blobs(7, 4, 5000, 128, 50).astype(jnp.bfloat16)
+    kw = dict(num_iters=5, key=jax.random.key(0))
+    a = kmeans_jit(x, num_clusters=300, implementation="pallas_triton", **kw)
+    b = kmeans_jit(x, num_clusters=300, implementation="xla", **kw)
+    agree = float(np.mean(np.asarray(a.labels) == np.asarray(b.labels)))
+    assert agree > 0.99, agree
