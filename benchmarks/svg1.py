@@ -27,15 +27,21 @@ from svg_jax.layout import TextTokens, VideoLayout
 from svg_jax.pallas_kernels import (
     PermuteConfig,
     QKNormRopeConfig,
-    block_mask_to_indices,
     block_sparse_attention,
     permute_tokens,
     qk_norm_rope,
     qk_norm_rope_reference,
 )
 from svg_jax.placement import place_heads, placement_sources
-from svg_jax.svg1 import HUNYUAN_T2V_720P, WAN21_T2V_720P, SVG1Config, profile_heads, svg1_attention
-from svg_jax.svg1_masks import TileGeometry, band_block_mask, mask_density, max_blocks_per_row, text_valid_len
+from svg_jax.svg1 import (
+    HUNYUAN_T2V_720P,
+    WAN21_T2V_720P,
+    SVG1Config,
+    band_kernel_lists,
+    profile_heads,
+    svg1_attention,
+)
+from svg_jax.svg1_masks import TileGeometry, mask_density
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,18 +60,34 @@ def workloads(small: bool) -> list[Workload]:
         cfg = SVG1Config(density=0.3, block_size=16, band_rounding="ceil", first_frame_sink=True)
         return [
             Workload("wan-small", 1, 2, 32, VideoLayout(num_frames=4, tokens_per_frame=48), cfg),
-            Workload("hunyuan-small", 1, 2, 32,
-                     VideoLayout(num_frames=4, tokens_per_frame=48, text_placement="last",
-                                 num_text_tokens=16),
-                     dataclasses.replace(cfg, first_frame_sink=False, band_rounding="floor"), valid_text=7),
+            Workload(
+                "hunyuan-small",
+                1,
+                2,
+                32,
+                VideoLayout(num_frames=4, tokens_per_frame=48, text_placement="last", num_text_tokens=16),
+                dataclasses.replace(cfg, first_frame_sink=False, band_rounding="floor"),
+                valid_text=7,
+            ),
         ]
     return [
-        Workload("wan2.1-720p B1 H40 N75600 D128", 1, 40, 128,
-                 VideoLayout(num_frames=21, tokens_per_frame=3600), WAN21_T2V_720P),
-        Workload("hunyuan-720p B1 H24 N118800+256 D128", 1, 24, 128,
-                 VideoLayout(num_frames=33, tokens_per_frame=3600, text_placement="last",
-                             num_text_tokens=256),
-                 HUNYUAN_T2V_720P, valid_text=64),
+        Workload(
+            "wan2.1-720p B1 H40 N75600 D128",
+            1,
+            40,
+            128,
+            VideoLayout(num_frames=21, tokens_per_frame=3600),
+            WAN21_T2V_720P,
+        ),
+        Workload(
+            "hunyuan-720p B1 H24 N118800+256 D128",
+            1,
+            24,
+            128,
+            VideoLayout(num_frames=33, tokens_per_frame=3600, text_placement="last", num_text_tokens=256),
+            HUNYUAN_T2V_720P,
+            valid_text=64,
+        ),
     ]
 
 
@@ -85,8 +107,9 @@ class Recorder:
     def __init__(self):
         self.rows: list[dict] = []
 
-    def run(self, workload: str, what: str, fn, *args, warmup: int, iters: int, flops=None, nbytes=None,
-            **extra):
+    def run(
+        self, workload: str, what: str, fn, *args, warmup: int, iters: int, flops=None, nbytes=None, **extra
+    ):
         row = {"workload": workload, "what": what, **extra}
         try:
             ms = time_fn(fn, *args, warmup=warmup, iters=iters)
@@ -108,14 +131,18 @@ def bench_workload(w: Workload, rec: Recorder, *, densities, warmup: int, iters:
     dtype = jnp.bfloat16
     keys = jax.random.split(jax.random.PRNGKey(0), 4)
     q, k, v = (jax.random.normal(kk, (b, n, h, d), jnp.float32).astype(dtype) for kk in keys[:3])
-    text = None if w.valid_text is None else TextTokens(lay.text_placement, lay.num_text_tokens,
-                                                        jnp.full((b,), w.valid_text, jnp.int32))
+    text = (
+        None
+        if w.valid_text is None
+        else TextTokens(lay.text_placement, lay.num_text_tokens, jnp.full((b,), w.valid_text, jnp.int32))
+    )
     opts = dict(warmup=warmup, iters=iters)
     tensor_bytes = b * n * h * d * jnp.dtype(dtype).itemsize
 
     # 1. Profiling (sampled rows, three masked softmaxes, argmin).
-    prof = jax.jit(lambda q, k, v, key: profile_heads(q, k, v, config=w.config, layout=lay, key=key,
-                                                      text=text))
+    prof = jax.jit(
+        lambda q, k, v, key: profile_heads(q, k, v, config=w.config, layout=lay, key=key, text=text)
+    )
     rec.run(w.name, "profile_heads", prof, q, k, v, keys[3], **opts)
 
     # 2. Layout permutation of q, k, v (half the heads temporal): XLA gather, Pallas gather, and
@@ -124,10 +151,24 @@ def bench_workload(w: Workload, rec: Recorder, *, densities, warmup: int, iters:
     src = placement_sources(lay, temporal, inverse=False)
     for impl, block_rows in (("xla", None), ("pallas_triton", 16), ("pallas_triton", 64)):
         cfg = PermuteConfig(block_rows=block_rows) if block_rows else None
-        fn = jax.jit(lambda q, k, v, src, impl=impl, cfg=cfg: permute_tokens(
-            (q, k, v), src, implementation=impl, config=cfg))
-        rec.run(w.name, "permute q,k,v", fn, q, k, v, src, nbytes=6 * tensor_bytes, impl=impl,
-                block_rows=block_rows, **opts)
+        fn = jax.jit(
+            lambda q, k, v, src, impl=impl, cfg=cfg: permute_tokens(
+                (q, k, v), src, implementation=impl, config=cfg
+            )
+        )
+        rec.run(
+            w.name,
+            "permute q,k,v",
+            fn,
+            q,
+            k,
+            v,
+            src,
+            nbytes=6 * tensor_bytes,
+            impl=impl,
+            block_rows=block_rows,
+            **opts,
+        )
     fn = jax.jit(lambda q, k, v: place_heads((q, k, v), lay, temporal, implementation="xla_select"))
     rec.run(w.name, "permute q,k,v", fn, q, k, v, nbytes=6 * tensor_bytes, impl="xla_select", **opts)
 
@@ -135,8 +176,9 @@ def bench_workload(w: Workload, rec: Recorder, *, densities, warmup: int, iters:
     dense_impl = "cudnn" if on_gpu else None
     dense = jax.jit(lambda q, k, v: jax.nn.dot_product_attention(q, k, v, implementation=dense_impl))
     dense_flops = 4.0 * b * h * n * n * d
-    dense_row = rec.run(w.name, "dense attention", dense, q, k, v, flops=dense_flops,
-                        impl=dense_impl or "xla", **opts)
+    dense_row = rec.run(
+        w.name, "dense attention", dense, q, k, v, flops=dense_flops, impl=dense_impl or "xla", **opts
+    )
 
     # 4. Band attention per density: kernel alone (precomputed lists) and the whole svg1_attention call.
     impl = "pallas_triton"
@@ -144,20 +186,49 @@ def bench_workload(w: Workload, rec: Recorder, *, densities, warmup: int, iters:
         cfg = dataclasses.replace(w.config, density=density)
         geom = TileGeometry(layout=lay, block_size=cfg.block_size, first_frame_sink=cfg.first_frame_sink)
         band = cfg.band_blocks(lay)
-        mask = band_block_mask(geom, text_valid_len(lay, text, b), band)
-        idx, cnt = block_mask_to_indices(mask, max_kv_blocks=max_blocks_per_row(geom, band))
-        idx = jnp.broadcast_to(idx[:, None], (b, h, *idx.shape[1:]))
-        cnt = jnp.broadcast_to(cnt[:, None], (b, h, cnt.shape[-1]))
+        mask, idx, cnt, block_k = band_kernel_lists(cfg, lay, text, b, h)
         kept = float(mask_density(geom, mask)[0])
         flops = dense_flops * kept
-        kern = jax.jit(lambda q, k, v, idx, cnt, bs=cfg.block_size: block_sparse_attention(
-            q, k, v, idx, cnt, block_q=bs, block_k=bs, implementation=impl))
-        row = rec.run(w.name, "band kernel", kern, q, k, v, idx, cnt, flops=flops, density=density,
-                      kept=kept, band_blocks=band, impl=impl, **opts)
-        full = jax.jit(lambda q, k, v, key, cfg=cfg: svg1_attention(
-            q, k, v, config=cfg, layout=lay, key=key, text=text, implementation=impl)[0])
-        frow = rec.run(w.name, "svg1_attention (profile+permute+kernel+unpermute)", full, q, k, v, keys[3],
-                       flops=flops, density=density, kept=kept, impl=impl, **opts)
+        kern = jax.jit(
+            lambda q, k, v, idx, cnt, bs=cfg.block_size, bk=block_k: block_sparse_attention(
+                q, k, v, idx, cnt, block_q=bs, block_k=bk, implementation=impl
+            )
+        )
+        row = rec.run(
+            w.name,
+            "band kernel",
+            kern,
+            q,
+            k,
+            v,
+            idx,
+            cnt,
+            flops=flops,
+            density=density,
+            kept=kept,
+            band_blocks=band,
+            impl=impl,
+            **opts,
+        )
+        full = jax.jit(
+            lambda q, k, v, key, cfg=cfg: svg1_attention(
+                q, k, v, config=cfg, layout=lay, key=key, text=text, implementation=impl
+            )[0]
+        )
+        frow = rec.run(
+            w.name,
+            "svg1_attention (profile+permute+kernel+unpermute)",
+            full,
+            q,
+            k,
+            v,
+            keys[3],
+            flops=flops,
+            density=density,
+            kept=kept,
+            impl=impl,
+            **opts,
+        )
         for r in (row, frow):
             if "ms" in r and "ms" in dense_row:
                 r["speedup_vs_dense"] = dense_row["ms"] / r["ms"]
@@ -174,19 +245,58 @@ def bench_qk_norm_rope(rec: Recorder, *, small: bool, warmup: int, iters: int):
     name = f"wan qk-norm+rope B{b} N{n} H{h} D{d}"
     nbytes = 2 * 2 * b * n * h * d * 2 + 2 * n * (d // 2) * 4  # q, k read + written; two f32 tables
     unfused = jax.jit(lambda *a: qk_norm_rope_reference(*a, num_heads=h))
-    rec.run(name, "qk_norm_rope", unfused, q, k, wq, wk, cos, sin, nbytes=nbytes, impl="xla", warmup=warmup,
-            iters=iters)
+    rec.run(
+        name,
+        "qk_norm_rope",
+        unfused,
+        q,
+        k,
+        wq,
+        wk,
+        cos,
+        sin,
+        nbytes=nbytes,
+        impl="xla",
+        warmup=warmup,
+        iters=iters,
+    )
     for rows, warps in ((16, 4), (32, 4), (64, 8)):
         cfg = QKNormRopeConfig(block_rows=rows, num_warps=warps)
-        fused = jax.jit(lambda *a, cfg=cfg: qk_norm_rope(*a, num_heads=h, implementation="pallas_triton",
-                                                          config=cfg))
-        rec.run(name, "qk_norm_rope", fused, q, k, wq, wk, cos, sin, nbytes=nbytes, impl="pallas_triton",
-                block_rows=rows, num_warps=warps, warmup=warmup, iters=iters)
+        fused = jax.jit(
+            lambda *a, cfg=cfg: qk_norm_rope(*a, num_heads=h, implementation="pallas_triton", config=cfg)
+        )
+        rec.run(
+            name,
+            "qk_norm_rope",
+            fused,
+            q,
+            k,
+            wq,
+            wk,
+            cos,
+            sin,
+            nbytes=nbytes,
+            impl="pallas_triton",
+            block_rows=rows,
+            num_warps=warps,
+            warmup=warmup,
+            iters=iters,
+        )
 
 
 def print_table(rows: list[dict]) -> None:
-    cols = ("workload", "what", "impl", "density", "block_rows", "ms", "tflops", "gbps", "speedup_vs_dense",
-            "error")
+    cols = (
+        "workload",
+        "what",
+        "impl",
+        "density",
+        "block_rows",
+        "ms",
+        "tflops",
+        "gbps",
+        "speedup_vs_dense",
+        "error",
+    )
     print(" | ".join(cols))
     for r in rows:
         cells = []

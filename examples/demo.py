@@ -40,7 +40,9 @@ def video_like_qkv(key, *, frames: int, height: int, width: int, heads: int, hea
     freqs = jax.random.normal(k_freq, (heads, 3, head_dim // 2)) * jnp.array([0.9, 0.35, 0.35])[None, :, None]
     # Half of the heads favour same-frame tokens (spatial), half the same position (temporal).
     head_kind = (jnp.arange(heads) % 2)[:, None, None]  # [H, 1, 1]
-    scale = jnp.where(head_kind == 0, jnp.array([3.0, 0.3, 0.3])[:, None], jnp.array([0.1, 2.0, 2.0])[:, None])
+    scale = jnp.where(
+        head_kind == 0, jnp.array([3.0, 0.3, 0.3])[:, None], jnp.array([0.1, 2.0, 2.0])[:, None]
+    )
     angles = jnp.einsum("nc,hcd->hnd", pos, freqs * scale)  # [H, N, D/2]
     positional = jnp.concatenate([jnp.cos(angles), jnp.sin(angles)], -1)  # [H, N, D]
     objects = jax.random.randint(k_obj, (n,), 0, 6)  # semantic label of each token
@@ -65,7 +67,9 @@ def timed(fn):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--frames", type=int, default=6, help="latent frames T")
     parser.add_argument("--height", type=int, default=8, help="latent rows per frame")
     parser.add_argument("--width", type=int, default=12, help="latent columns per frame")
@@ -81,11 +85,19 @@ def main(argv=None) -> int:
 
     layout = VideoLayout(num_frames=args.frames, tokens_per_frame=args.height * args.width)
     key = jax.random.PRNGKey(args.seed)
-    q, k, v = video_like_qkv(key, frames=args.frames, height=args.height, width=args.width,
-                             heads=args.heads, head_dim=args.head_dim)
+    q, k, v = video_like_qkv(
+        key,
+        frames=args.frames,
+        height=args.height,
+        width=args.width,
+        heads=args.heads,
+        head_dim=args.head_dim,
+    )
     n = layout.seq_len
-    print(f"svg-jax demo on {jax.default_backend().upper()}: B=1 N={n} (T={args.frames} × F={layout.tokens_per_frame})"
-          f" H={args.heads} D={args.head_dim}, float32")
+    print(
+        f"svg-jax demo on {jax.default_backend().upper()}: B=1 N={n} "
+        f"(T={args.frames} × F={layout.tokens_per_frame}) H={args.heads} D={args.head_dim}, float32"
+    )
     if jax.default_backend() != "gpu":
         print("(Pallas kernels run in interpret mode here: times show the pipeline runs, not GPU speed)")
 
@@ -93,26 +105,67 @@ def main(argv=None) -> int:
     rows = [("dense (XLA oracle)", 1.0, 0.0, None, t_dense, "")]
 
     for density in (0.5, 0.3):
-        cfg = SVG1Config(density=density, num_sampled_rows=32, dense_steps=0, dense_layers=0,
-                         first_frame_sink=False, block_size=32)
-        (out, stats), ms = timed(lambda cfg=cfg: svg1_attention(
-            q, k, v, config=cfg, layout=layout, key=jax.random.fold_in(key, 1), implementation="pallas_triton"))
+        cfg = SVG1Config(
+            density=density,
+            num_sampled_rows=32,
+            dense_steps=0,
+            dense_layers=0,
+            first_frame_sink=False,
+            block_size=32,
+        )
+        (out, stats), ms = timed(
+            lambda cfg=cfg: svg1_attention(
+                q,
+                k,
+                v,
+                config=cfg,
+                layout=layout,
+                key=jax.random.fold_in(key, 1),
+                implementation="pallas_triton",
+            )
+        )
         oracle = svg1_attention_reference(q, k, v, stats.head_choice, config=cfg, layout=layout)
         kinds = "".join("ST"[int(c)] for c in np.asarray(stats.head_choice[0]))
-        rows.append((f"SVG1 band, density {density}", float(stats.density.mean()), rel_err(out, dense),
-                     rel_err(out, oracle), ms, f"heads {kinds} (S=spatial, T=temporal)"))
+        rows.append(
+            (
+                f"SVG1 band, density {density}",
+                float(stats.density.mean()),
+                rel_err(out, dense),
+                rel_err(out, oracle),
+                ms,
+                f"heads {kinds} (S=spatial, T=temporal)",
+            )
+        )
 
     for top_p in (0.9, 0.75):
-        cfg = SVG2Config(num_q_clusters=8, num_k_clusters=24, top_p=top_p, min_k_cluster_ratio=0.1,
-                         kmeans_init_iters=20, kmeans_warm_iters=2, dense_steps=0, dense_layers=0)
+        cfg = SVG2Config(
+            num_q_clusters=8,
+            num_k_clusters=24,
+            top_p=top_p,
+            min_k_cluster_ratio=0.1,
+            kmeans_init_iters=20,
+            kmeans_warm_iters=2,
+            dense_steps=0,
+            dense_layers=0,
+        )
         cache = SVG2Cache.create(1, 1, args.heads, cfg, args.head_dim).layer(0)
         plan, _, stats = svg2_plan(q, k, config=cfg, cache=cache, key=jax.random.fold_in(key, 2))
         out, ms = timed(lambda plan=plan: apply_svg2_plan(q, k, v, plan, implementation="pallas_triton"))
         oracle = apply_svg2_plan(q, k, v, plan, implementation="xla")
-        rows.append((f"SVG2 clusters, top_p {top_p}", float(stats.density.mean()), rel_err(out, dense),
-                     rel_err(out, oracle), ms, f"recall est. {float(stats.estimated_recall.mean()):.3f}"))
+        rows.append(
+            (
+                f"SVG2 clusters, top_p {top_p}",
+                float(stats.density.mean()),
+                rel_err(out, dense),
+                rel_err(out, oracle),
+                ms,
+                f"recall est. {float(stats.estimated_recall.mean()):.3f}",
+            )
+        )
 
-    header = f"{'method':<28} {'density':>8} {'err vs dense':>13} {'kernel vs oracle':>17} {'time ms':>9}  notes"
+    header = (
+        f"{'method':<28} {'density':>8} {'err vs dense':>13} {'kernel vs oracle':>17} {'time ms':>9}  notes"
+    )
     print(header)
     print("-" * len(header))
     for name, dens, err, kerr, ms, note in rows:

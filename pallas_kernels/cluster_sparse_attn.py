@@ -33,7 +33,7 @@ from .block_sparse_attn import (
 from .cluster_plan import ClusterTilePlan, cluster_tile_plan
 from .reference import cluster_sparse_attention_reference
 
-DEFAULT_BLOCK_Q = 128
+DEFAULT_BLOCK_Q = 64  # 64×64 tiles measured fastest on H100 (benchmarks/results/attention_h100_*.json)
 DEFAULT_BLOCK_K = 64
 
 

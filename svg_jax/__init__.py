@@ -5,12 +5,22 @@ Axis vocabulary of the shape annotations: ``B`` batch, ``N``/``M`` query/key tok
 ``Cq Ck`` query/key clusters, ``G`` flattened groups (B·H).
 """
 
+from .attention import (
+    AttentionConfig,
+    AttentionState,
+    AttentionStats,
+    init_attention_state,
+    make_attn_fn,
+)
 from .kmeans import KMeansResult, kmeans
 from .layout import TextTokens, VideoLayout
 from .svg1 import SVG1Config, SVG1Stats, svg1_attention
 from .svg2 import SVG2Cache, SVG2Config, SVG2Stats, svg2_attention
 
 __all__ = [
+    "AttentionConfig",
+    "AttentionState",
+    "AttentionStats",
     "KMeansResult",
     "SVG1Config",
     "SVG1Stats",
@@ -19,8 +29,10 @@ __all__ = [
     "SVG2Stats",
     "TextTokens",
     "VideoLayout",
+    "init_attention_state",
     "kmeans",
     "load",
+    "make_attn_fn",
     "svg1_attention",
     "svg2_attention",
 ]

@@ -91,9 +91,18 @@ class SVG1Config:
         return step < self.dense_steps or layer < self.dense_layers
 
     def band_blocks(self, layout: VideoLayout) -> int:
-        """Runtime band half-width ``c`` in tiles (tiles ``|i − j| ≤ c`` kept), from ``sparsity_to_width``."""
-        frames = sparsity_to_width(self.density, layout.num_text_tokens, layout.num_frames,
-                                   layout.tokens_per_frame)
+        """Runtime band half-width ``c`` in tiles (tiles ``|i − j| ≤ c`` kept), from ``sparsity_to_width``.
+
+        ``density=1`` keeps every tile. ``sparsity_to_width`` alone does not ensure it with text tokens:
+        it spends the text rows' budget and then sizes the band over all ``N`` tokens, so the band stops
+        short of the video corners (the official formula: 100 text tokens before 512 video tokens keep
+        85 % of the matrix at density 1).
+        """
+        if self.density >= 1.0:
+            return max(-(-layout.seq_len // self.block_size) - 1, 1)  # every tile distance
+        frames = sparsity_to_width(
+            self.density, layout.num_text_tokens, layout.num_frames, layout.tokens_per_frame
+        )
         return band_blocks_from_frames(frames, layout.tokens_per_frame, self.block_size, self.band_rounding)
 
     def profile_band_blocks(self, layout: VideoLayout) -> int:
@@ -105,20 +114,46 @@ class SVG1Config:
 
 
 # Presets equal to the official scripts (svg_methods.md §1.4; dense counts after the floor).
-WAN21_T2V_720P = SVG1Config(density=0.30, dense_steps=10, dense_layers=1, first_frame_sink=True,
-                            band_rounding="ceil", profile_band_frames=2.0)  # 50 steps
-WAN21_I2V_720P = SVG1Config(density=0.30, dense_steps=14, dense_layers=1, first_frame_sink=True,
-                            band_rounding="ceil", profile_band_frames=2.0)  # 40 steps
-WAN21_I2V_480P = SVG1Config(density=0.30, dense_steps=8, dense_layers=1, first_frame_sink=True,
-                            band_rounding="ceil", profile_band_frames=2.0)  # 40 steps
-HUNYUAN_T2V_720P = SVG1Config(density=0.25, dense_steps=5, dense_layers=1, band_rounding="floor",
-                              profile_band_frames=1.5)  # 50 steps
-HUNYUAN_T2V_480P = SVG1Config(density=0.20, dense_steps=2, dense_layers=0, band_rounding="floor",
-                              profile_band_frames=1.5)  # 50 steps
+WAN21_T2V_720P = SVG1Config(
+    density=0.30,
+    dense_steps=10,
+    dense_layers=1,
+    first_frame_sink=True,
+    band_rounding="ceil",
+    profile_band_frames=2.0,
+)  # 50 steps
+WAN21_I2V_720P = SVG1Config(
+    density=0.30,
+    dense_steps=14,
+    dense_layers=1,
+    first_frame_sink=True,
+    band_rounding="ceil",
+    profile_band_frames=2.0,
+)  # 40 steps
+WAN21_I2V_480P = SVG1Config(
+    density=0.30,
+    dense_steps=8,
+    dense_layers=1,
+    first_frame_sink=True,
+    band_rounding="ceil",
+    profile_band_frames=2.0,
+)  # 40 steps
+HUNYUAN_T2V_720P = SVG1Config(
+    density=0.25, dense_steps=5, dense_layers=1, band_rounding="floor", profile_band_frames=1.5
+)  # 50 steps
+HUNYUAN_T2V_480P = SVG1Config(
+    density=0.20, dense_steps=2, dense_layers=0, band_rounding="floor", profile_band_frames=1.5
+)  # 50 steps
 # cog_inference.py defaults: 32 sampled rows; dense while t > 1000·(1 − 0.2) ≈ the first 10 of 50 steps;
 # dense layers 0 and 1 (layer < 42·0.025).
-COGVIDEOX15_I2V = SVG1Config(density=0.25, num_sampled_rows=32, dense_steps=10, dense_layers=2,
-                             band_rounding="floor", profile_band_frames=1.5)
+COGVIDEOX15_I2V = SVG1Config(
+    density=0.25,
+    num_sampled_rows=32,
+    dense_steps=10,
+    dense_layers=2,
+    band_rounding="floor",
+    profile_band_frames=1.5,
+)
 
 PRESETS: dict[str, SVG1Config] = {
     "wan2.1-t2v-14b-720p": WAN21_T2V_720P,
@@ -175,8 +210,9 @@ def _masked_rows_attention(s, v, mask):
     denom = jnp.sum(p, axis=-1, keepdims=True)
     p = p / jnp.where(denom == 0.0, 1.0, denom)
     precision = jax.lax.Precision.HIGHEST if v.dtype == jnp.float32 else None
-    return jnp.einsum("bhrn,bnhd->bhrd", p.astype(v.dtype), v, precision=precision,
-                      preferred_element_type=jnp.float32)  # [B, H, R, D]
+    return jnp.einsum(
+        "bhrn,bnhd->bhrd", p.astype(v.dtype), v, precision=precision, preferred_element_type=jnp.float32
+    )  # [B, H, R, D]
 
 
 def profile_heads(
@@ -207,10 +243,12 @@ def profile_heads(
     valid_len = text_valid_len(layout, text, b)
     offsets = jax.random.randint(key, (config.num_sampled_rows,), 0, layout.num_video_tokens)
     rows = (layout.video_start + offsets).astype(jnp.int32)  # [R]
-    scale = d ** -0.5 if sm_scale is None else sm_scale
+    scale = d**-0.5 if sm_scale is None else sm_scale
     precision = jax.lax.Precision.HIGHEST if q.dtype == jnp.float32 else None
-    s = jnp.einsum("brhd,bnhd->bhrn", q[:, rows], k, precision=precision,
-                   preferred_element_type=jnp.float32) * scale  # [B, H, R, N]
+    s = (
+        jnp.einsum("brhd,bnhd->bhrn", q[:, rows], k, precision=precision, preferred_element_type=jnp.float32)
+        * scale
+    )  # [B, H, R, N]
     spatial, temporal = row_masks(geom, valid_len, rows, config.profile_band_blocks(layout))  # [B, R, N]
     golden_mask = None
     if layout.text_placement != "none" and text is not None and text.valid_len is not None:
@@ -224,6 +262,27 @@ def profile_heads(
     mse_t = jnp.mean((_masked_rows_attention(s, v, temporal) - golden) ** 2, axis=(2, 3))  # [B, H]
     choice = jnp.where(mse_t < mse_s, TEMPORAL, SPATIAL).astype(jnp.int32)
     return choice, mse_s, mse_t, rows
+
+
+def band_kernel_lists(
+    config: SVG1Config, layout: VideoLayout, text: TextTokens | None, batch: int, heads: int
+):
+    """The band as kernel lists ``(block_mask [B,nb,nb], indices [B,H,nb,K], counts [B,H,nb], block_k)``.
+
+    The kernel runs ``block_size × 64`` tiles (128×64 is its fastest shape on H100, see
+    benchmarks/attention.py): each mask tile's key side is split into ``block_size // block_k`` kernel
+    blocks, which selects exactly the same keys.
+    """
+    geom = TileGeometry(layout=layout, block_size=config.block_size, first_frame_sink=config.first_frame_sink)
+    band = config.band_blocks(layout)
+    block_mask = band_block_mask(geom, text_valid_len(layout, text, batch), band)  # [B, nb, nb]
+    block_k = min(KERNEL_BLOCK_K, config.block_size)
+    split = config.block_size // block_k
+    fine_mask = jnp.repeat(block_mask, split, axis=-1)[..., : -(-layout.seq_len // block_k)]  # [B, nb, nkb]
+    idx, cnt = block_mask_to_indices(fine_mask, max_kv_blocks=split * max_blocks_per_row(geom, band))
+    idx = jnp.broadcast_to(idx[:, None], (batch, heads, *idx.shape[1:]))  # [B, H, nb, K]
+    cnt = jnp.broadcast_to(cnt[:, None], (batch, heads, cnt.shape[-1]))  # [B, H, nb]
+    return block_mask, idx, cnt, block_k
 
 
 def svg1_attention(
@@ -254,27 +313,37 @@ def svg1_attention(
     band = config.band_blocks(layout)
     log.debug("SVG1 band %d tiles of %d on each side (N=%d)", band, config.block_size, layout.seq_len)
 
-    choice, mse_s, mse_t, rows = profile_heads(q, k, v, config=config, layout=layout, key=key, text=text,
-                                               sm_scale=sm_scale)
+    choice, mse_s, mse_t, rows = profile_heads(
+        q, k, v, config=config, layout=layout, key=key, text=text, sm_scale=sm_scale
+    )
     temporal = choice == TEMPORAL
-    qp, kp, vp = place_heads((q, k, v), layout, temporal, implementation=permute_implementation,
-                             interpret=interpret)
+    qp, kp, vp = place_heads(
+        (q, k, v), layout, temporal, implementation=permute_implementation, interpret=interpret
+    )
 
-    block_mask = band_block_mask(geom, text_valid_len(layout, text, b), band)  # [B, nb, nb]
-    # The kernel runs 128×64 tiles (its fastest shape on H100, benchmarks/attention.py): each mask tile's
-    # key side is split into `split` kernel blocks, which selects exactly the same keys.
-    block_k = min(KERNEL_BLOCK_K, config.block_size)
-    split = config.block_size // block_k
-    fine_mask = jnp.repeat(block_mask, split, axis=-1)[..., : -(-layout.seq_len // block_k)]  # [B, nb, nkb]
-    idx, cnt = block_mask_to_indices(fine_mask, max_kv_blocks=split * max_blocks_per_row(geom, band))
-    idx = jnp.broadcast_to(idx[:, None], (b, h, *idx.shape[1:]))  # [B, H, nb, K]
-    cnt = jnp.broadcast_to(cnt[:, None], (b, h, cnt.shape[-1]))  # [B, H, nb]
-    out_p = block_sparse_attention(qp, kp, vp, idx, cnt, block_q=config.block_size, block_k=block_k,
-                                   sm_scale=sm_scale, implementation=implementation, interpret=interpret)
-    (out,) = place_heads((out_p,), layout, temporal, inverse=True, implementation=permute_implementation,
-                         interpret=interpret)
-    stats = SVG1Stats(head_choice=choice, mse_spatial=mse_s, mse_temporal=mse_t,
-                      density=mask_density(geom, block_mask), sampled_rows=rows)
+    block_mask, idx, cnt, block_k = band_kernel_lists(config, layout, text, b, h)
+    out_p = block_sparse_attention(
+        qp,
+        kp,
+        vp,
+        idx,
+        cnt,
+        block_q=config.block_size,
+        block_k=block_k,
+        sm_scale=sm_scale,
+        implementation=implementation,
+        interpret=interpret,
+    )
+    (out,) = place_heads(
+        (out_p,), layout, temporal, inverse=True, implementation=permute_implementation, interpret=interpret
+    )
+    stats = SVG1Stats(
+        head_choice=choice,
+        mse_spatial=mse_s,
+        mse_temporal=mse_t,
+        density=mask_density(geom, block_mask),
+        sampled_rows=rows,
+    )
     return out, stats
 
 
