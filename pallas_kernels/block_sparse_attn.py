@@ -7,7 +7,6 @@ block list with a data-dependent ``fori_loop`` (the whole K/V sequence of the he
 so only the listed blocks are ever loaded).
 """
 
-import dataclasses
 import functools
 import math
 
@@ -18,28 +17,17 @@ from jax.experimental.pallas import triton as pltriton
 from jaxtyping import Array, Float, Int
 
 from . import checks
+from .common import (
+    TritonConfig,
+    default_triton_config,
+    dot_precision,
+    pad_axis,
+    padded_head_dim,
+    resolve_implementation,
+)
 from .reference import block_sparse_attention_reference
 
 LOG2E = math.log2(math.e)
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class TritonConfig:
-    """Launch knobs of the Triton lowering; they change speed, never the result."""
-
-    num_warps: int = 4
-    num_stages: int = 2
-
-    def __post_init__(self):
-        if self.num_warps not in (1, 2, 4, 8, 16):
-            raise ValueError(f"{self.num_warps=} must be one of 1, 2, 4, 8, 16")
-        if self.num_stages < 1:
-            raise ValueError(f"{self.num_stages=} must be >= 1")
-
-
-def dot_precision(dtype) -> jax.lax.Precision:
-    """Full-precision float32 dots (no TF32 on GPU), native precision for 16-bit inputs."""
-    return jax.lax.Precision.HIGHEST if dtype == jnp.float32 else jax.lax.Precision.DEFAULT
 
 
 def online_softmax_step(carry, s, v, *, masked: bool):
@@ -81,6 +69,24 @@ def qk_logits(q, k, scale_log2: float):
     return s * scale_log2
 
 
+def load_kv_block(idx_ref, k_ref, v_ref, j, *, block_k: int, num_kv_blocks: int):
+    """Key/value block ``idx_ref[j]`` (clamped into range, so never out of bounds) and its first row."""
+    kb = jnp.clip(idx_ref[j], 0, num_kv_blocks - 1)
+    start = pl.multiple_of(kb * block_k, block_k)
+    return k_ref[pl.ds(start, block_k), :], v_ref[pl.ds(start, block_k), :], start  # [bk, D] x2
+
+
+def flash_loop(count, body, *, block_q: int, head_dim: int):
+    """Run ``body(j, carry)`` (an online-softmax step) for ``j < count`` and return the normalised output."""
+    carry = (
+        jnp.zeros((block_q, head_dim), jnp.float32),
+        jnp.full((block_q,), -jnp.inf, jnp.float32),
+        jnp.zeros((block_q,), jnp.float32),
+    )
+    acc, _, row_sum = jax.lax.fori_loop(0, count, body, carry)
+    return finish_softmax(acc, row_sum)
+
+
 def _kernel(
     idx_ref,
     cnt_ref,
@@ -101,23 +107,14 @@ def _kernel(
     mask_tail = num_k % block_k != 0
 
     def body(j, carry):
-        kb = jnp.clip(idx_ref[j], 0, num_kv_blocks - 1)
-        start = pl.multiple_of(kb * block_k, block_k)
-        k = k_ref[pl.ds(start, block_k), :]  # [bk, D]
-        v = v_ref[pl.ds(start, block_k), :]  # [bk, D]
+        k, v, start = load_kv_block(idx_ref, k_ref, v_ref, j, block_k=block_k, num_kv_blocks=num_kv_blocks)
         s = qk_logits(q, k, scale_log2)  # [bq, bk]
         if mask_tail:
             cols = start + jax.lax.broadcasted_iota(jnp.int32, (1, block_k), 1)
             s = jnp.where(cols < num_k, s, -jnp.inf)
         return online_softmax_step(carry, s, v, masked=False)
 
-    carry = (
-        jnp.zeros((block_q, head_dim), jnp.float32),
-        jnp.full((block_q,), -jnp.inf, jnp.float32),
-        jnp.zeros((block_q,), jnp.float32),
-    )
-    acc, _, row_sum = jax.lax.fori_loop(0, count, body, carry)
-    o_ref[...] = finish_softmax(acc, row_sum).astype(o_ref.dtype)
+    o_ref[...] = flash_loop(count, body, block_q=block_q, head_dim=head_dim).astype(o_ref.dtype)
 
 
 def _call(
@@ -162,36 +159,6 @@ def _call(
         interpret=interpret,
         name="block_sparse_attention",
     )(kv_block_indices, kv_block_counts[..., None], q, k, v)
-
-
-def pad_axis(x, axis: int, size: int):
-    """Zero-pad ``x`` along ``axis`` up to ``size``."""
-    extra = size - x.shape[axis]
-    if extra == 0:
-        return x
-    widths = [(0, 0)] * x.ndim
-    widths[axis] = (0, extra)
-    return jnp.pad(x, widths)
-
-
-def padded_head_dim(d: int) -> int:
-    """Triton tiles need power-of-two sizes >= 16: zero-pad D (exact: zeros add nothing to q·k or p·v)."""
-    return max(16, pl.next_power_of_2(d))
-
-
-def default_triton_config(block_q: int, head_dim: int) -> TritonConfig:
-    """Heuristic from the H100 calibration (anchors.md): 4 warps / 2 stages for 128×64 tiles at D=128."""
-    return TritonConfig(num_warps=8 if block_q * head_dim > 128 * 128 else 4, num_stages=2)
-
-
-def resolve_implementation(implementation: str, op: str) -> str:
-    """'auto' → the fastest correct path on the default backend; explicit choices are checked."""
-    checks.check_implementation(implementation)
-    backend = jax.default_backend()
-    if implementation == "auto":
-        # On CPU the Pallas interpreter runs the grid step by step; the XLA oracle is the fast path there.
-        return "pallas_triton" if backend == "gpu" else "xla"
-    return implementation
 
 
 def block_sparse_attention(
@@ -254,7 +221,7 @@ def block_sparse_attention(
         )
     sm_scale = checks.default_sm_scale(q) if sm_scale is None else float(sm_scale)
 
-    impl = resolve_implementation(implementation, "block_sparse_attention")
+    impl = resolve_implementation(implementation)
     if impl == "xla":
         return block_sparse_attention_reference(
             q, k, v, kv_block_indices, kv_block_counts, block_q=block_q, block_k=block_k, sm_scale=sm_scale

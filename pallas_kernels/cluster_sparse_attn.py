@@ -21,16 +21,13 @@ from jaxtyping import Array, Bool, Float, Int
 from . import checks
 from .block_sparse_attn import (
     LOG2E,
-    TritonConfig,
-    default_triton_config,
-    finish_softmax,
+    flash_loop,
+    load_kv_block,
     online_softmax_step,
-    pad_axis,
-    padded_head_dim,
     qk_logits,
-    resolve_implementation,
 )
 from .cluster_plan import ClusterTilePlan, cluster_tile_plan
+from .common import TritonConfig, default_triton_config, pad_axis, padded_head_dim, resolve_implementation
 from .reference import cluster_sparse_attention_reference
 
 DEFAULT_BLOCK_Q = 64  # 64×64 tiles measured fastest on H100 (benchmarks/results/attention_h100_*.json)
@@ -77,10 +74,7 @@ def _kernel(
     count = jnp.clip(cnt_ref[0], 0, num_kv_tiles)
 
     def body(j, carry):
-        kt = jnp.clip(idx_ref[j], 0, num_kv_tiles - 1)
-        start = pl.multiple_of(kt * block_k, block_k)
-        k = k_ref[pl.ds(start, block_k), :]  # [bk, D]
-        v = v_ref[pl.ds(start, block_k), :]  # [bk, D]
+        k, v, start = load_kv_block(idx_ref, k_ref, v_ref, j, block_k=block_k, num_kv_blocks=num_kv_tiles)
         s = qk_logits(q, k, scale_log2)  # [bq, bk]
 
         def mask(s):
@@ -93,13 +87,7 @@ def _kernel(
             s = mask(s)
         return online_softmax_step(carry, s, v, masked=True)
 
-    carry = (
-        jnp.zeros((block_q, head_dim), jnp.float32),
-        jnp.full((block_q,), -jnp.inf, jnp.float32),
-        jnp.zeros((block_q,), jnp.float32),
-    )
-    acc, _, row_sum = jax.lax.fori_loop(0, count, body, carry)
-    o_ref[...] = finish_softmax(acc, row_sum).astype(o_ref.dtype)
+    o_ref[...] = flash_loop(count, body, block_q=block_q, head_dim=head_dim).astype(o_ref.dtype)
 
 
 def _call(
@@ -203,7 +191,7 @@ def cluster_sparse_attention(
     checks.check_block_size("block_k", block_k)
     check_cluster_inputs(q, k, q_cluster_sizes, k_cluster_sizes, cluster_map)
     sm_scale = checks.default_sm_scale(q) if sm_scale is None else float(sm_scale)
-    impl = resolve_implementation(implementation, "cluster_sparse_attention")
+    impl = resolve_implementation(implementation)
     if impl == "xla":
         return cluster_sparse_attention_reference(
             q, k, v, q_cluster_sizes, k_cluster_sizes, cluster_map, sm_scale=sm_scale

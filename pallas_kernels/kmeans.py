@@ -20,7 +20,7 @@ from jax.experimental.pallas import triton as pltriton
 from jaxtyping import Array, Float, Int
 
 from . import checks
-from .block_sparse_attn import dot_precision, pad_axis, padded_head_dim, resolve_implementation
+from .common import dot_precision, pad_axis, padded_head_dim, resolve_implementation
 from .kmeans_reference import kmeans_assign_reference
 
 _INT32_MAX = jnp.iinfo(jnp.int32).max
@@ -142,7 +142,7 @@ def kmeans_assign(
     GPU, XLA on CPU). ``interpret`` defaults to True off-GPU; ``config`` tunes the launch.
     """
     _check_inputs(x, centroids)
-    impl = resolve_implementation(implementation, "kmeans_assign")
+    impl = resolve_implementation(implementation)
     if impl == "xla":
         return kmeans_assign_reference(x, centroids)
     interpret = (jax.default_backend() != "gpu") if interpret is None else interpret

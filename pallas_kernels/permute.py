@@ -18,7 +18,7 @@ from jax.experimental.pallas import triton as pltriton
 from jaxtyping import Array, Float, Int
 
 from . import checks
-from .block_sparse_attn import pad_axis, resolve_implementation
+from .common import pad_axis, resolve_implementation
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -110,7 +110,7 @@ def permute_tokens(
         raise ValueError(f"src must have rank 3 [B, H, M]; got shape {src.shape}")
     checks.check_int_array("src", src, (b, h, src.shape[2]))
     checks.check_value_range("src", src, 0, n, f"token indices into N={n}")
-    impl = resolve_implementation(implementation, "permute_tokens")
+    impl = resolve_implementation(implementation)
     if impl == "xla":
         return permute_tokens_reference(xs, src)
 

@@ -22,7 +22,7 @@ from jax.experimental.pallas import triton as pltriton
 from jaxtyping import Array, Float
 
 from . import checks
-from .block_sparse_attn import pad_axis, resolve_implementation
+from .common import pad_axis, resolve_implementation
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -201,7 +201,7 @@ def qk_norm_rope(
     ``"xla"`` (the reference), ``"pallas_triton"`` or ``"auto"`` (Triton on GPU, XLA on CPU).
     """
     _check(q, k, q_weight, k_weight, cos, sin, num_heads)
-    impl = resolve_implementation(implementation, "qk_norm_rope")
+    impl = resolve_implementation(implementation)
     if impl == "xla":
         return qk_norm_rope_reference(q, k, q_weight, k_weight, cos, sin, num_heads=num_heads, eps=eps)
 

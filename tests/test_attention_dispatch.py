@@ -38,9 +38,16 @@ FRAMES, SIZE = 4, 8
 LAYOUT = VideoLayout(num_frames=FRAMES, tokens_per_frame=(SIZE // 2) ** 2)
 HEADS, HEAD_DIM, LAYERS = TINY.num_attention_heads, TINY.attention_head_dim, TINY.num_layers
 
-# Exact settings: a density-1 band covers every tile, top-p 1 keeps every cluster pair.
+# Exact settings: a density-1 band covers every tile, top-p 1 keeps every cluster pair. The narrow
+# profiling band makes the spatial and temporal candidates differ, so temporal heads (token-major
+# placement) occur too.
 SVG1_EXACT = SVG1Config(
-    density=1.0, block_size=16, num_sampled_rows=8, first_frame_sink=True, band_rounding="ceil"
+    density=1.0,
+    block_size=16,
+    num_sampled_rows=8,
+    first_frame_sink=True,
+    band_rounding="ceil",
+    profile_band_frames=1.0,
 )
 SVG2_EXACT = SVG2Config(
     num_q_clusters=4,
@@ -129,6 +136,8 @@ def test_full_density_reproduces_dense(model, dense_out, config):
     assert not bool(stats.dense.any())  # every layer really took the sparse path
     np.testing.assert_allclose(stats.density, 1.0, rtol=1e-6)
     assert _rel(out, dense_out) <= 1e-5, _rel(out, dense_out)
+    if config.method == "svg1":
+        assert bool((stats.head_choice == 1).any())  # the temporal placement round trip is covered
     if config.method == "svg2":
         np.testing.assert_allclose(stats.estimated_recall, 1.0, rtol=1e-6)
         assert bool(new_state.svg2.warm.all())

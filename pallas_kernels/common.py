@@ -1,0 +1,58 @@
+"""Helpers shared by the Pallas kernels: launch config, padding, dot precision, implementation choice."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+
+from . import checks
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TritonConfig:
+    """Launch knobs of the Triton lowering; they change speed, never the result."""
+
+    num_warps: int = 4
+    num_stages: int = 2
+
+    def __post_init__(self):
+        if self.num_warps not in (1, 2, 4, 8, 16):
+            raise ValueError(f"{self.num_warps=} must be one of 1, 2, 4, 8, 16")
+        if self.num_stages < 1:
+            raise ValueError(f"{self.num_stages=} must be >= 1")
+
+
+def dot_precision(dtype) -> jax.lax.Precision:
+    """Full-precision float32 dots (no TF32 on GPU), native precision for 16-bit inputs."""
+    return jax.lax.Precision.HIGHEST if dtype == jnp.float32 else jax.lax.Precision.DEFAULT
+
+
+def pad_axis(x, axis: int, size: int):
+    """Zero-pad ``x`` along ``axis`` up to ``size``."""
+    extra = size - x.shape[axis]
+    if extra == 0:
+        return x
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = (0, extra)
+    return jnp.pad(x, widths)
+
+
+def padded_head_dim(d: int) -> int:
+    """Triton tiles need power-of-two sizes >= 16: zero-pad D (exact: zeros add nothing to q·k or p·v)."""
+    return max(16, pl.next_power_of_2(d))
+
+
+def default_triton_config(block_q: int, head_dim: int) -> TritonConfig:
+    """Heuristic from the H100 calibration (anchors.md): 4 warps / 2 stages for 128×64 tiles at D=128."""
+    return TritonConfig(num_warps=8 if block_q * head_dim > 128 * 128 else 4, num_stages=2)
+
+
+def resolve_implementation(implementation: str) -> str:
+    """'auto' → the fastest correct path on the default backend; explicit choices are checked."""
+    checks.check_implementation(implementation)
+    backend = jax.default_backend()
+    if implementation == "auto":
+        # On CPU the Pallas interpreter runs the grid step by step; the XLA oracle is the fast path there.
+        return "pallas_triton" if backend == "gpu" else "xla"
+    return implementation
