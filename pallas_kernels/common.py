@@ -38,9 +38,21 @@ def pad_axis(x, axis: int, size: int):
     return jnp.pad(x, widths)
 
 
+MAX_TRITON_HEAD_DIM = 256  # a [128, 512] f32 accumulator no longer fits one program's registers
+
+
 def padded_head_dim(d: int) -> int:
-    """Triton tiles need power-of-two sizes >= 16: zero-pad D (exact: zeros add nothing to q·k or p·v)."""
-    return max(16, pl.next_power_of_2(d))
+    """Triton tiles need power-of-two sizes >= 16: zero-pad D (exact: zeros add nothing to q·k or p·v).
+
+    Raises ``NotImplementedError`` above :data:`MAX_TRITON_HEAD_DIM` rather than falling back silently.
+    """
+    dp = max(16, pl.next_power_of_2(d))
+    if dp > MAX_TRITON_HEAD_DIM:
+        raise NotImplementedError(
+            f"head dim {d} (padded to {dp}) exceeds the Triton kernels' limit of {MAX_TRITON_HEAD_DIM}; "
+            "use implementation='xla' for such heads"
+        )
+    return dp
 
 
 def default_triton_config(block_q: int, head_dim: int) -> TritonConfig:

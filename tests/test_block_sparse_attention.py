@@ -118,3 +118,10 @@ def test_gpu_large_random(dtype, density):
     idx, cnt = random_lists(9, b, h, -(-n // 128), -(-n // 64), density)
     out, ref = run_both(q, k, v, idx, cnt, block_q=128, block_k=64, interpret=False)
     assert_close(out, ref, dtype)
+
+
+def test_head_dim_beyond_triton_limit_raises_not_falls_back():
+    q, k, v = random_qkv(10, 1, 64, 64, 1, 300)
+    idx, cnt = block_mask_to_indices(jnp.ones((1, 1, 1, 1), bool))
+    with pytest.raises(NotImplementedError, match="head dim 300"):
+        block_sparse_attention(q, k, v, idx, cnt, block_q=64, block_k=64, implementation="pallas_triton")
