@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from wan_tiny import TINY
 
 from svg_jax import (
     AttentionConfig,
@@ -19,21 +20,9 @@ from svg_jax import (
     init_attention_state,
     make_attn_fn,
 )
-from svg_jax.models import WanConfig, WanTransformer3DModel
+from svg_jax.models import WanTransformer3DModel
 
-# The tiny config of tests/test_wan_model.py; 4 frames of 8×8 latents → T=4 frames of 4×4=16 tokens, N=64.
-TINY = WanConfig(
-    patch_size=(1, 2, 2),
-    num_attention_heads=2,
-    attention_head_dim=12,
-    in_channels=4,
-    out_channels=4,
-    text_dim=16,
-    freq_dim=256,
-    ffn_dim=32,
-    num_layers=2,
-    rope_max_seq_len=32,
-)
+# Tiny Wan (tests/wan_tiny.py): 4 frames of 8×8 latents → T=4 frames of 4×4=16 tokens, N=64.
 FRAMES, SIZE = 4, 8
 LAYOUT = VideoLayout(num_frames=FRAMES, tokens_per_frame=(SIZE // 2) ** 2)
 HEADS, HEAD_DIM, LAYERS = TINY.num_attention_heads, TINY.attention_head_dim, TINY.num_layers

@@ -7,23 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from wan_tiny import TINY, TINY_I2V
 
 from svg_jax.models import WAN_PRESETS, WanConfig, WanTransformer3DModel, dense_attention
 from svg_jax.models.rope import apply_rope, wan_rope
-
-TINY = WanConfig(
-    patch_size=(1, 2, 2),
-    num_attention_heads=2,
-    attention_head_dim=12,
-    in_channels=4,
-    out_channels=4,
-    text_dim=16,
-    freq_dim=256,
-    ffn_dim=32,
-    num_layers=2,
-    rope_max_seq_len=32,
-)
-TINY_I2V = dataclasses.replace(TINY, in_channels=36, out_channels=16, image_dim=8, added_kv_proj_dim=24)
 
 
 def make(config: WanConfig) -> WanTransformer3DModel:
