@@ -126,21 +126,12 @@ def cluster_rows(args, key, b, h, n, d, dtype, dense_ms, interpret, num_q_cluste
             (b, h, num_q_clusters, num_k_clusters),
         )
         useful = float(jnp.sum(qs[..., :, None] * ks[..., None, :] * cmap, dtype=jnp.float32)) * 4 * d
-        for block_q, block_k, skip_full in (
-            (128, 64, True),
-            (128, 64, False),
-            (64, 64, True),
-            (128, 128, True),
-        ):
+        for block_q, block_k in ((128, 64), (64, 64), (128, 32)):
             plan_fn = jax.jit(
                 functools.partial(cluster_tile_plan, num_q=n, num_k=n, block_q=block_q, block_k=block_k)
             )
             plan = plan_fn(qs, ks, cmap)
-            kern = jax.jit(
-                functools.partial(
-                    cluster_sparse_attention_from_plan, interpret=interpret, skip_full=skip_full
-                )
-            )
+            kern = jax.jit(functools.partial(cluster_sparse_attention_from_plan, interpret=interpret))
             total = jax.jit(
                 functools.partial(
                     cluster_sparse_attention,
@@ -154,7 +145,7 @@ def cluster_rows(args, key, b, h, n, d, dtype, dense_ms, interpret, num_q_cluste
             t_plan = time_fn(plan_fn, qs, ks, cmap, iters=iters)
             t_kern = time_fn(kern, q, k, v, plan, iters=iters)
             t_total = time_fn(total, q, k, v, qs, ks, cmap, iters=iters)
-            computed = float(plan.computed_tile_pairs()) * block_q * block_k * 4 * d
+            computed = float(plan.computed_rows()) * block_q * 4 * d
             out = total(q, k, v, qs, ks, cmap)
             r0 = n // 2
             sl = slice(r0, min(n, r0 + CHECK_ROWS))
@@ -170,7 +161,6 @@ def cluster_rows(args, key, b, h, n, d, dtype, dense_ms, interpret, num_q_cluste
                     "pair_density": pair_density,
                     "block_q": block_q,
                     "block_k": block_k,
-                    "skip_full": skip_full,
                     "tile_density": round(computed / attention_flops(b, h, n, n, d), 4),
                     **t_kern,
                     "plan_ms": t_plan["median_ms"],
@@ -184,7 +174,7 @@ def cluster_rows(args, key, b, h, n, d, dtype, dense_ms, interpret, num_q_cluste
     return rows
 
 
-def run_shape(b, h, n, d, dtype, interpret, sweep, clusters):
+def run_shape(b, h, n, d, dtype, interpret, sweep, clusters, skip_block=False):
     key = jax.random.PRNGKey(0)
     kq, kk, kv = jax.random.split(key, 3)
     q = jax.random.normal(kq, (b, n, h, d), jnp.float32).astype(dtype)
@@ -206,7 +196,8 @@ def run_shape(b, h, n, d, dtype, interpret, sweep, clusters):
     configs = [(128, 64, 4, 2)]
     if sweep:
         configs += [(128, 64, 8, 2), (128, 64, 4, 3), (128, 128, 8, 2), (64, 64, 4, 3)]
-    rows += block_rows((q, k, v), key, b, h, n, d, dtype, t_dense["median_ms"], interpret, configs)
+    if not skip_block:
+        rows += block_rows((q, k, v), key, b, h, n, d, dtype, t_dense["median_ms"], interpret, configs)
     rows += cluster_rows((q, k, v), key, b, h, n, d, dtype, t_dense["median_ms"], interpret, *clusters)
     for r in rows:
         r.update(shape=f"B{b} H{h} N{n} D{d}", dtype=jnp.dtype(dtype).name)
@@ -222,6 +213,7 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--sweep", action="store_true", help="also sweep Triton launch configs (first shape)")
     parser.add_argument("--out", default=None, help="JSON output path")
+    parser.add_argument("--skip-block", action="store_true", help="only the cluster kernel (and dense)")
     args = parser.parse_args(argv)
     interpret = jax.default_backend() != "gpu"
     if not args.small and interpret:
@@ -230,7 +222,9 @@ def main(argv=None) -> int:
     clusters = (6, 20) if args.small else (300, 1000)
     rows = []
     for i, (b, h, n, d) in enumerate(shapes):
-        rows += run_shape(b, h, n, d, jnp.bfloat16, interpret, args.sweep and i == 0, clusters)
+        rows += run_shape(
+            b, h, n, d, jnp.bfloat16, interpret, args.sweep and i == 0, clusters, args.skip_block
+        )
         print_table(
             rows,
             [
@@ -242,7 +236,6 @@ def main(argv=None) -> int:
                 "block_k",
                 "num_warps",
                 "num_stages",
-                "skip_full",
                 "median_ms",
                 "plan_ms",
                 "total_ms",

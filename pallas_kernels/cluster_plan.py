@@ -1,19 +1,18 @@
-"""Tile plan for cluster (variable-block) sparse attention over cluster-sorted sequences.
+"""Chunk plan for cluster (variable-block) sparse attention over cluster-sorted sequences.
 
-The sorted query sequence is cut into fixed tiles of ``block_q`` rows and the sorted key sequence into
-tiles of ``block_k`` rows, ignoring cluster boundaries. Query tile ``t`` must visit key tile ``s`` when
-some query cluster overlapping ``t`` selects some key cluster overlapping ``s``. Because clusters are
-contiguous, the clusters overlapping a tile form a label interval ``[lo, hi]``, so both unions reduce to
-prefix sums:
+Queries are cut into fixed tiles of ``block_q`` rows that ignore cluster boundaries. The query clusters
+overlapping tile ``t`` form a label interval ``[lo, hi]`` (clusters are contiguous), so the key clusters the
+tile needs are the union of their selections — a prefix sum over query clusters. Consecutive selected key
+clusters are contiguous rows too, so the union is a few *runs* of key rows; each run is walked in chunks of
+``block_k`` rows starting at the run's first row (not at a multiple of ``block_k``), and a chunk's rows
+past the run end are masked. So, unlike fixed key tiles, no unselected key cluster is ever computed; the
+waste is the tail of each run's last chunk.
 
-* ``row_union[t, j] = any(map[lo_t..hi_t, j])`` — a prefix sum over query clusters;
-* ``active[t, s] = any(row_union[t, klo_s..khi_s])`` — a prefix sum over key clusters.
-
-A visited tile pair is *full* when every (query cluster, key cluster) pair that has rows in it is
-selected and the key tile has no padding; the kernel skips the element mask there. Otherwise the kernel
-masks exactly, element by element, with ``map[q_label[r], k_label[c]]``. Padded rows get the sentinel
-labels ``Cq`` / ``Ck`` whose map row / column is all False. Everything is ``jnp`` (jittable, no host
-sync); sizes of the plan are static.
+A run is *uniform* when every query cluster of the tile selects every key cluster of the run: its chunks
+need only the run-end mask. Otherwise (a tile spanning query clusters with different selections) the
+kernel also masks element by element with ``map[q_label[r], k_label[c]]``. Padded query rows get the
+sentinel label ``Cq`` and padded key rows ``Ck``; their map row / column is all False. Everything is
+``jnp`` (jittable, no host sync) with static sizes.
 """
 
 import dataclasses
@@ -22,7 +21,6 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Int
 
-from .block_mask import block_mask_to_indices
 from .reference import cluster_labels
 
 
@@ -32,104 +30,130 @@ class ClusterTilePlan:
     """What the cluster kernel reads, per (batch, head).
 
     Fields:
-      q_labels: int32 ``[B, H, nqt·block_q]`` query-cluster id of each sorted (padded) query row; ``Cq``
-        on padding.
-      k_labels: int32 ``[B, H, nkt·block_k]`` key-cluster id of each sorted (padded) key row; ``Ck`` on
+      q_labels: int32 ``[B, H, nqt·block_q]`` query-cluster id of each sorted (padded) query row; ``Cq`` on
         padding.
+      k_labels: int32 ``[B, H, Mk]`` key-cluster id of each sorted key row, ``Ck`` on the ``block_k`` (or
+        more) padding rows after the last key, so that a chunk starting at any key row stays in bounds.
       cluster_map: int8 ``[B, H, Cq+1, Ck+1]`` the map with empty clusters and the sentinel row/column
         cleared.
-      kv_tile_indices: int32 ``[B, H, nqt, nkt]`` ascending key tiles visited by each query tile.
-      kv_tile_counts: int32 ``[B, H, nqt]`` valid entries of ``kv_tile_indices``.
-      kv_tile_full: int8 ``[B, H, nqt, nkt]`` 1 where the listed tile pair needs no element mask.
+      chunk_starts: int32 ``[B, H, nqt, C]`` first key row of each chunk a query tile visits, in order.
+      chunk_codes: int32 ``[B, H, nqt, C]`` ``2·valid_rows + uniform`` of each chunk.
+      chunk_counts: int32 ``[B, H, nqt]`` valid entries of the chunk lists.
     """
 
     q_labels: Int[Array, "B H Nq"]
-    k_labels: Int[Array, "B H Nk"]
+    k_labels: Int[Array, "B H Mk"]
     cluster_map: Int[Array, "B H Cq1 Ck1"]
-    kv_tile_indices: Int[Array, "B H nqt nkt"]
-    kv_tile_counts: Int[Array, "B H nqt"]
-    kv_tile_full: Int[Array, "B H nqt nkt"]
+    chunk_starts: Int[Array, "B H nqt C"]
+    chunk_codes: Int[Array, "B H nqt C"]
+    chunk_counts: Int[Array, "B H nqt"]
     block_q: int = dataclasses.field(metadata=dict(static=True))
     block_k: int = dataclasses.field(metadata=dict(static=True))
 
-    def computed_tile_pairs(self) -> Int[Array, ""]:
-        """Number of (query tile, key tile) products the kernel computes (for effective FLOP counts)."""
-        return jnp.sum(self.kv_tile_counts)
+    def computed_rows(self) -> Int[Array, ""]:
+        """Key rows × query tiles the kernel computes (``block_k`` per chunk), for effective FLOP counts."""
+        return jnp.sum(self.chunk_counts) * self.block_k
+
+
+def max_chunks(num_k: int, num_k_clusters: int, block_k: int) -> int:
+    """Static bound on chunks per query tile: ``ceil(M/bk)`` plus one partial chunk per run."""
+    return -(-num_k // block_k) + (num_k_clusters + 1) // 2
 
 
 def _prefix(x: Array, axis: int) -> Array:
-    """Exclusive-inclusive prefix sum with a leading zero: ``out[i] = sum(x[:i])`` along ``axis``."""
+    """``out[i] = sum(x[:i])`` along ``axis`` (length + 1)."""
     c = jnp.cumsum(x, axis=axis, dtype=jnp.int32)
     pad = [(0, 0)] * x.ndim
     pad[axis] = (1, 0)
     return jnp.pad(c, pad)
 
 
-def _tile_label_range(labels: Int[Array, "G n"], n: int, block: int) -> tuple[Array, Array]:
-    """First and last cluster label inside each tile of ``block`` rows over the first ``n`` rows."""
-    num_tiles = -(-n // block)
-    first = jnp.arange(num_tiles) * block
-    last = jnp.minimum(first + block, n) - 1
-    return labels[:, first], labels[:, last]  # [G, tiles] each
+def _compact(flags: Bool[Array, "G T C"], width: int) -> Int[Array, "G T W"]:
+    """Ascending positions of the set flags of each row, in ``width`` slots (unused slots: 0)."""
+    g, t, c = flags.shape
+    rank = jnp.cumsum(flags, axis=-1, dtype=jnp.int32) - 1
+    target = jnp.where(flags, rank, width)  # unset -> dropped
+    gi = jnp.arange(g)[:, None, None]
+    ti = jnp.arange(t)[None, :, None]
+    pos = jnp.broadcast_to(jnp.arange(c, dtype=jnp.int32), flags.shape)
+    return jnp.zeros((g, t, width), jnp.int32).at[gi, ti, target].set(pos, mode="drop")
 
 
-def _plan_one(q_sizes, k_sizes, cmap, *, num_q: int, num_k: int, block_q: int, block_k: int):
-    """Plan for G = B·H flattened groups: q_sizes ``[G, Cq]``, k_sizes ``[G, Ck]``, cmap ``[G, Cq, Ck]``."""
-    g, cq = q_sizes.shape
+def _neighbours(nonempty: Bool[Array, "G C"]) -> tuple[Array, Array]:
+    """Index of the previous / next non-empty cluster of each cluster (-1 / C when there is none)."""
+    c = nonempty.shape[-1]
+    idx = jnp.arange(c, dtype=jnp.int32)
+    last_seen = jax.lax.cummax(jnp.where(nonempty, idx, -1), axis=1)  # [G, C]
+    prev = jnp.pad(last_seen[:, :-1], ((0, 0), (1, 0)), constant_values=-1)
+    next_seen = jax.lax.cummin(jnp.where(nonempty, idx, c), axis=1, reverse=True)
+    nxt = jnp.pad(next_seen[:, 1:], ((0, 0), (0, 1)), constant_values=c)
+    return prev, nxt
+
+
+def _plan(q_sizes, k_sizes, cmap, *, num_q: int, num_k: int, block_q: int, block_k: int):
+    """Plan for G = B·H groups: q_sizes ``[G, Cq]``, k_sizes ``[G, Ck]``, cmap ``[G, Cq, Ck]``."""
+    g = q_sizes.shape[0]
     ck = k_sizes.shape[1]
-    nqt, nkt = -(-num_q // block_q), -(-num_k // block_k)
-    q_lab = cluster_labels(q_sizes, nqt * block_q)  # [G, Nq_pad]; rows past num_q get label Cq
-    k_lab = cluster_labels(k_sizes, nkt * block_k)  # [G, Nk_pad]
-    q_nonempty = q_sizes > 0  # [G, Cq]
-    k_nonempty = k_sizes > 0  # [G, Ck]
+    nqt = -(-num_q // block_q)
+    width = max_chunks(num_k, ck, block_k)
+    max_runs = (ck + 1) // 2
+    q_lab = cluster_labels(q_sizes, nqt * block_q)  # [G, Nq_pad]; rows past num_q get Cq
+    k_lab = cluster_labels(k_sizes, num_k + block_k)  # [G, M + bk]; rows past num_k get Ck
+    q_nonempty, k_nonempty = q_sizes > 0, k_sizes > 0  # [G, Cq], [G, Ck]
     live = cmap & q_nonempty[:, :, None] & k_nonempty[:, None, :]  # [G, Cq, Ck]
 
-    lo, hi = _tile_label_range(q_lab, num_q, block_q)  # [G, nqt]
-    klo, khi = _tile_label_range(k_lab, num_k, block_k)  # [G, nkt]
-
-    # Union of the selected key clusters over the query clusters of each query tile.
+    # Query clusters of each tile: the labels of its first and last real row.
+    first = jnp.arange(nqt) * block_q
+    lo = q_lab[:, first]  # [G, nqt]
+    hi = q_lab[:, jnp.minimum(first + block_q, num_q) - 1]  # [G, nqt]
+    present_q = jnp.take_along_axis(_prefix(q_nonempty, 1), hi + 1, 1) - jnp.take_along_axis(
+        _prefix(q_nonempty, 1), lo, 1
+    )  # [G, nqt] non-empty query clusters in the tile
     p_rows = _prefix(live.astype(jnp.int32), axis=1)  # [G, Cq+1, Ck]
-    take_rows = lambda idx: jnp.take_along_axis(p_rows, idx[:, :, None], axis=1)  # [G, nqt, Ck]
-    row_union = (take_rows(hi + 1) - take_rows(lo)) > 0  # [G, nqt, Ck]
-    p_cols = _prefix(row_union.astype(jnp.int32), axis=2)  # [G, nqt, Ck+1]
-    take_cols = lambda idx: jnp.take_along_axis(
-        p_cols, jnp.broadcast_to(idx[:, None, :], (g, nqt, nkt)), axis=2
-    )
-    active = (take_cols(khi + 1) - take_cols(klo)) > 0  # [G, nqt, nkt]
+    take = lambda idx: jnp.take_along_axis(p_rows, idx[:, :, None], axis=1)  # [G, nqt, Ck]
+    votes = take(hi + 1) - take(lo)  # [G, nqt, Ck] query clusters of the tile selecting key cluster j
+    union = votes > 0
+    mixed = union & (votes < present_q[:, :, None])  # selected by some, not all, of the tile's clusters
 
-    # Full tile pairs: selected pairs == present pairs inside [lo, hi] x [klo, khi], and no key padding.
-    sat = _prefix(_prefix(live.astype(jnp.int32), axis=1), axis=2)  # [G, Cq+1, Ck+1]
-    nq_present = _prefix(q_nonempty.astype(jnp.int32), axis=1)  # [G, Cq+1]
-    nk_present = _prefix(k_nonempty.astype(jnp.int32), axis=1)  # [G, Ck+1]
-    rows_q = (
-        jnp.broadcast_to(lo[:, :, None], (g, nqt, nkt)),
-        jnp.broadcast_to(hi[:, :, None] + 1, (g, nqt, nkt)),
+    # Runs of consecutive selected key clusters (empty clusters have no rows and are skipped over).
+    prev, nxt = _neighbours(k_nonempty)  # [G, Ck]
+    sel_at = lambda idx: jnp.take_along_axis(
+        jnp.pad(union, ((0, 0), (0, 0), (1, 1))), jnp.broadcast_to(idx[:, None, :] + 1, union.shape), axis=2
     )
-    cols_k = (
-        jnp.broadcast_to(klo[:, None, :], (g, nqt, nkt)),
-        jnp.broadcast_to(khi[:, None, :] + 1, (g, nqt, nkt)),
-    )
-    flat = sat.reshape(g, -1)  # [G, (Cq+1)·(Ck+1)]
-    corner = lambda r, c: jnp.take_along_axis(flat, (r * (ck + 1) + c).reshape(g, -1), axis=1).reshape(
-        g, nqt, nkt
-    )
-    selected = (
-        corner(rows_q[1], cols_k[1])
-        - corner(rows_q[0], cols_k[1])
-        - corner(rows_q[1], cols_k[0])
-        + corner(rows_q[0], cols_k[0])
-    )  # [G, nqt, nkt]
-    present_q = jnp.take_along_axis(nq_present, hi + 1, axis=1) - jnp.take_along_axis(nq_present, lo, axis=1)
-    present_k = jnp.take_along_axis(nk_present, khi + 1, axis=1) - jnp.take_along_axis(
-        nk_present, klo, axis=1
-    )
-    no_pad = (jnp.arange(nkt) + 1) * block_k <= num_k  # [nkt]
-    full = active & (selected == present_q[:, :, None] * present_k[:, None, :]) & no_pad[None, None, :]
+    starts = union & ~sel_at(prev)  # [G, nqt, Ck]
+    ends = union & ~sel_at(nxt)
+    run_first = _compact(starts, max_runs)  # [G, nqt, R] first key cluster of each run
+    run_last = _compact(ends, max_runs)
+    num_runs = jnp.sum(starts, axis=-1, dtype=jnp.int32)  # [G, nqt]
+    k_end = jnp.cumsum(k_sizes, axis=-1, dtype=jnp.int32)  # [G, Ck]
+    k_start = k_end - k_sizes
+    at = lambda table, idx: jnp.take_along_axis(table[:, None, :], idx, axis=2)  # [G, nqt, R]
+    run_valid = jnp.arange(max_runs)[None, None, :] < num_runs[:, :, None]
+    row_start = at(k_start, run_first)
+    row_end = jnp.where(run_valid, at(k_end, run_last), row_start)
+    p_mixed = _prefix(mixed.astype(jnp.int32), axis=2)  # [G, nqt, Ck+1]
+    mixed_in_run = jnp.take_along_axis(p_mixed, run_last + 1, 2) - jnp.take_along_axis(p_mixed, run_first, 2)
+    uniform = mixed_in_run == 0  # [G, nqt, R]
 
-    idx, cnt = block_mask_to_indices(active)  # [G, nqt, nkt], [G, nqt]
-    full_list = jnp.take_along_axis(full, idx, axis=2)  # [G, nqt, nkt]
-    map_ext = jnp.pad(live, ((0, 0), (0, 1), (0, 1)))  # sentinel row/column stay False
-    return q_lab, k_lab, map_ext.astype(jnp.int8), idx, cnt, full_list.astype(jnp.int8)
+    # Expand runs into chunks of block_k rows.
+    n_chunks = -(-(row_end - row_start) // block_k)  # [G, nqt, R]; 0 for unused runs
+    chunk_end = jnp.cumsum(n_chunks, axis=-1)  # [G, nqt, R]
+    counts = chunk_end[..., -1]  # [G, nqt]
+    marks = jnp.zeros((g, nqt, width + 1), jnp.int32)
+    gi, ti = jnp.arange(g)[:, None, None], jnp.arange(nqt)[None, :, None]
+    marks = marks.at[gi, ti, chunk_end[..., :-1]].add(run_valid[..., 1:].astype(jnp.int32), mode="drop")
+    run_of = jnp.cumsum(marks[..., :width], axis=-1)  # [G, nqt, C] run index of each chunk
+    run_of = jnp.minimum(run_of, max_runs - 1)
+    chunk_begin = jnp.take_along_axis(chunk_end - n_chunks, run_of, axis=2)
+    within = jnp.arange(width)[None, None, :] - chunk_begin
+    starts_row = jnp.take_along_axis(row_start, run_of, axis=2) + within * block_k
+    valid = jnp.clip(jnp.take_along_axis(row_end, run_of, axis=2) - starts_row, 0, block_k)
+    code = 2 * valid + jnp.take_along_axis(uniform, run_of, axis=2).astype(jnp.int32)
+    in_list = jnp.arange(width)[None, None, :] < counts[:, :, None]
+    starts_row = jnp.where(in_list, starts_row, 0).astype(jnp.int32)
+    code = jnp.where(in_list, code, 0).astype(jnp.int32)
+    map_ext = jnp.pad(live, ((0, 0), (0, 1), (0, 1))).astype(jnp.int8)  # sentinel row/column stay False
+    return q_lab, k_lab, map_ext, starts_row, code, counts
 
 
 def cluster_tile_plan(
@@ -142,10 +166,10 @@ def cluster_tile_plan(
     block_q: int,
     block_k: int,
 ) -> ClusterTilePlan:
-    """Build the :class:`ClusterTilePlan` for fixed ``block_q`` × ``block_k`` tiles (on device)."""
+    """Build the :class:`ClusterTilePlan` for ``block_q``-row query tiles and ``block_k``-row key chunks."""
     b, h = q_cluster_sizes.shape[:2]
     flat = lambda x: x.reshape(b * h, *x.shape[2:])
-    outs = _plan_one(
+    outs = _plan(
         flat(q_cluster_sizes.astype(jnp.int32)),
         flat(k_cluster_sizes.astype(jnp.int32)),
         flat(cluster_map.astype(jnp.bool_)),
@@ -154,5 +178,4 @@ def cluster_tile_plan(
         block_q=block_q,
         block_k=block_k,
     )
-    q_lab, k_lab, cmap, idx, cnt, full = (x.reshape(b, h, *x.shape[1:]) for x in outs)
-    return ClusterTilePlan(q_lab, k_lab, cmap, idx, cnt, full, block_q, block_k)
+    return ClusterTilePlan(*(x.reshape(b, h, *x.shape[1:]) for x in outs), block_q, block_k)

@@ -2,12 +2,13 @@
 
 Scheme: tokens are already sorted by cluster, so each cluster is a contiguous row range. Instead of
 padding every cluster to a block multiple (FlashInfer's variable-block approach, which computes up to
-1.7–1.9× the needed FLOPs), the kernel cuts both sorted sequences into fixed tiles (``block_q`` query rows,
-``block_k`` key rows) that ignore cluster boundaries. :func:`cluster_tile_plan` lists, per query tile, the
-key tiles that hold any selected (query cluster, key cluster) pair, and marks the *full* ones. The kernel
-walks that list with an online softmax; on a full tile it uses the logits as they are, on a partial one it
-masks element by element with ``map[q_label[row], k_label[col]]`` (a gather from the small per-head map).
-So the result is exact, and the work is bounded by the tiles that straddle selected clusters.
+1.7–1.9× the needed FLOPs), the queries are cut into fixed ``block_q``-row tiles that ignore cluster
+boundaries, and :func:`cluster_tile_plan` turns each tile's selected key clusters into runs of contiguous
+key rows walked in ``block_k``-row chunks that start anywhere (no unselected key cluster is computed). The
+kernel walks the chunk list with an online softmax, masks the rows past each run's end, and, only where the
+tile's query clusters disagree on a run, masks element by element with ``map[q_label[row], k_label[col]]``
+(one gathered map row per query cluster of the tile). So the result is exact, and the waste is bounded by
+the run tails and the tiles that straddle query clusters with different selections.
 """
 
 import functools
@@ -22,7 +23,6 @@ from . import checks
 from .block_sparse_attn import (
     LOG2E,
     flash_loop,
-    load_kv_block,
     online_softmax_step,
     qk_logits,
 )
@@ -30,7 +30,7 @@ from .cluster_plan import ClusterTilePlan, cluster_tile_plan
 from .common import TritonConfig, default_triton_config, pad_axis, padded_head_dim, resolve_implementation
 from .reference import cluster_sparse_attention_reference
 
-DEFAULT_BLOCK_Q = 64  # 64×64 tiles measured fastest on H100 (benchmarks/results/attention_h100_*.json)
+DEFAULT_BLOCK_Q = 64  # 64×64 measured fastest on H100 (docs/benchmarks.md)
 DEFAULT_BLOCK_K = 64
 
 
@@ -51,9 +51,9 @@ def _tile_mask(map_ref, q_lab, k_lab, lo, hi):
 
 
 def _kernel(
-    idx_ref,
+    start_ref,
+    code_ref,
     cnt_ref,
-    full_ref,
     qlab_ref,
     klab_ref,
     map_ref,
@@ -64,55 +64,55 @@ def _kernel(
     *,
     scale_log2: float,
     block_k: int,
-    num_kv_tiles: int,
-    skip_full: bool,
+    max_start: int,
+    num_chunks: int,
 ):
     block_q, head_dim = q_ref.shape
     q = q_ref[...]  # [bq, D]
     q_lab = qlab_ref[...]  # [bq], ascending: the tile's clusters are lo..hi
     lo, hi = qlab_ref[0], qlab_ref[block_q - 1]
-    count = jnp.clip(cnt_ref[0], 0, num_kv_tiles)
+    count = jnp.clip(cnt_ref[0], 0, num_chunks)
 
     def body(j, carry):
-        k, v, start = load_kv_block(idx_ref, k_ref, v_ref, j, block_k=block_k, num_kv_blocks=num_kv_tiles)
+        start = jnp.clip(start_ref[j], 0, max_start)  # a run's row: any offset, never out of bounds
+        code = code_ref[j]
+        valid, uniform = jax.lax.div(code, 2), jax.lax.rem(code, 2)
+        k = k_ref[pl.ds(start, block_k), :]  # [bk, D]
+        v = v_ref[pl.ds(start, block_k), :]  # [bk, D]
         s = qk_logits(q, k, scale_log2)  # [bq, bk]
+        s = jnp.where(jax.lax.broadcasted_iota(jnp.int32, (1, block_k), 1) < valid, s, -jnp.inf)
 
-        def mask(s):
+        def mask(s):  # the tile's query clusters disagree on this run: exact element mask
             allowed = _tile_mask(map_ref, q_lab, klab_ref[pl.ds(start, block_k)], lo, hi)
             return jnp.where(allowed, s, -jnp.inf)
 
-        if skip_full:
-            s = jax.lax.cond(full_ref[j] != 0, lambda s: s, mask, s)
-        else:
-            s = mask(s)
+        s = jax.lax.cond(uniform != 0, lambda s: s, mask, s)
         return online_softmax_step(carry, s, v, masked=True)
 
     o_ref[...] = flash_loop(count, body, block_q=block_q, head_dim=head_dim).astype(o_ref.dtype)
 
 
-def _call(
-    q, k, v, plan: ClusterTilePlan, *, sm_scale: float, config: TritonConfig, interpret: bool, skip_full: bool
-):
-    """Launch on padded operands: q ``[B, nqt·bq, H, Dp]``, k/v ``[B, nkt·bk, H, Dp]``."""
+def _call(q, k, v, plan: ClusterTilePlan, *, sm_scale: float, config: TritonConfig, interpret: bool):
+    """Launch on padded operands: q ``[B, nqt·bq, H, Dp]``, k/v ``[B, M + pad, H, Dp]``."""
     b, nq_pad, h, d = q.shape
-    nk_pad = k.shape[1]
+    mk = k.shape[1]
     bq, bk = plan.block_q, plan.block_k
-    nqt, nkt = plan.kv_tile_indices.shape[2:]
+    nqt, width = plan.chunk_starts.shape[2:]
     cq1, ck1 = plan.cluster_map.shape[2:]
     kernel = functools.partial(
-        _kernel, scale_log2=sm_scale * LOG2E, block_k=bk, num_kv_tiles=nkt, skip_full=skip_full
+        _kernel, scale_log2=sm_scale * LOG2E, block_k=bk, max_start=mk - bk, num_chunks=width
     )
-    list_spec = pl.BlockSpec((None, None, None, nkt), lambda i, bi, hi: (bi, hi, i, 0))
-    kv_spec = pl.BlockSpec((None, nk_pad, None, d), lambda i, bi, hi: (bi, 0, hi, 0))
+    list_spec = pl.BlockSpec((None, None, None, width), lambda i, bi, hi: (bi, hi, i, 0))
+    kv_spec = pl.BlockSpec((None, mk, None, d), lambda i, bi, hi: (bi, 0, hi, 0))
     return pl.pallas_call(
         kernel,
         grid=(nqt, b, h),
         in_specs=[
             list_spec,
-            pl.BlockSpec((None, None, None, 1), lambda i, bi, hi: (bi, hi, i, 0)),
             list_spec,
+            pl.BlockSpec((None, None, None, 1), lambda i, bi, hi: (bi, hi, i, 0)),
             pl.BlockSpec((None, None, bq), lambda i, bi, hi: (bi, hi, i)),
-            pl.BlockSpec((None, None, nk_pad), lambda i, bi, hi: (bi, hi, 0)),
+            pl.BlockSpec((None, None, mk), lambda i, bi, hi: (bi, hi, 0)),
             pl.BlockSpec((None, None, cq1, ck1), lambda i, bi, hi: (bi, hi, 0, 0)),
             pl.BlockSpec((None, bq, None, d), lambda i, bi, hi: (bi, i, hi, 0)),
             kv_spec,
@@ -124,9 +124,9 @@ def _call(
         interpret=interpret,
         name="cluster_sparse_attention",
     )(
-        plan.kv_tile_indices,
-        plan.kv_tile_counts[..., None],
-        plan.kv_tile_full,
+        plan.chunk_starts,
+        plan.chunk_codes,
+        plan.chunk_counts[..., None],
         plan.q_labels,
         plan.k_labels,
         plan.cluster_map,
@@ -219,24 +219,25 @@ def cluster_sparse_attention_from_plan(
     sm_scale: float | None = None,
     interpret: bool | None = None,
     config: TritonConfig | None = None,
-    skip_full: bool = True,
 ) -> Float[Array, "B N H D"]:
     """Run the Triton kernel on a plan from :func:`cluster_tile_plan` (to time or reuse the plan apart)."""
     checks.check_qkv(q, k, v)
     b, n, h, d = q.shape
+    m = k.shape[1]
     block_q, block_k = plan.block_q, plan.block_k
-    nqt, nkt = plan.kv_tile_indices.shape[2:]
-    if plan.q_labels.shape != (b, h, nqt * block_q) or plan.k_labels.shape != (b, h, nkt * block_k):
+    nqt = plan.chunk_starts.shape[2]
+    mk = plan.k_labels.shape[2]
+    if plan.q_labels.shape != (b, h, nqt * block_q) or nqt != -(-n // block_q) or mk != m + block_k:
         raise ValueError(
-            f"plan does not fit q/k: plan covers {nqt}x{block_q} query and {nkt}x{block_k} key rows for "
-            f"(B, H)={plan.q_labels.shape[:2]}; got {q.shape=} and {k.shape=}"
+            f"plan does not fit q/k: it was built for {nqt}x{block_q} query rows and {mk - block_k} key rows "
+            f"with (B, H)={plan.q_labels.shape[:2]}; got {q.shape=} and {k.shape=}"
         )
     sm_scale = checks.default_sm_scale(q) if sm_scale is None else float(sm_scale)
     interpret = (jax.default_backend() != "gpu") if interpret is None else interpret
     dp = padded_head_dim(d)
     qp = pad_axis(pad_axis(q, 1, nqt * block_q), 3, dp)
-    kp = pad_axis(pad_axis(k, 1, nkt * block_k), 3, dp)
-    vp = pad_axis(pad_axis(v, 1, nkt * block_k), 3, dp)
+    kp = pad_axis(pad_axis(k, 1, mk), 3, dp)  # a chunk may start at any key row: pad block_k rows
+    vp = pad_axis(pad_axis(v, 1, mk), 3, dp)
     config = config or default_triton_config(block_q, dp)
-    out = _call(qp, kp, vp, plan, sm_scale=sm_scale, config=config, interpret=interpret, skip_full=skip_full)
+    out = _call(qp, kp, vp, plan, sm_scale=sm_scale, config=config, interpret=interpret)
     return out[:, :n, :, :d]

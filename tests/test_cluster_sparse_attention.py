@@ -127,7 +127,8 @@ def test_rows_of_unselecting_clusters_are_zero(interpret):
     seed=st.integers(0, 2**16),
 )
 def test_plan_is_exact(n, m, cq, ck, density, seed):
-    """Visited tiles == tiles holding an allowed element; full tiles allow every real element."""
+    """Each query tile's chunks cover exactly the keys some of its rows may see, each key once;
+    a uniform chunk is allowed for every real row of the tile."""
     b, h, bq, bk = 1, 2, 32, 16
     qs, ks, cmap = random_problem(seed, b, n, m, h, cq, ck, density)
     plan = jax.jit(cluster_tile_plan, static_argnames=("num_q", "num_k", "block_q", "block_k"))(
@@ -136,25 +137,20 @@ def test_plan_is_exact(n, m, cq, ck, density, seed):
     mask = np.asarray(
         jax.jit(cluster_map_to_mask, static_argnames=("num_q", "num_k"))(qs, ks, cmap, num_q=n, num_k=m)
     )  # [B, H, N, M]
-    nqt, nkt = -(-n // bq), -(-m // bk)
-    pad = np.zeros((b, h, nqt * bq, nkt * bk), bool)
-    pad[:, :, :n, :m] = mask
-    tiles = pad.reshape(b, h, nqt, bq, nkt, bk)
-    any_tile = tiles.any(axis=(3, 5))
-    real = np.zeros((nqt * bq, nkt * bk), bool)
-    real[:n, :m] = True
-    real_tiles = real.reshape(nqt, bq, nkt, bk)
-    counts = np.asarray(plan.kv_tile_counts)
-    idx = np.asarray(plan.kv_tile_indices)
-    full = np.asarray(plan.kv_tile_full)
+    starts, codes = np.asarray(plan.chunk_starts), np.asarray(plan.chunk_codes)
+    counts = np.asarray(plan.chunk_counts)
     for hi in range(h):
-        for t in range(nqt):
-            listed = idx[0, hi, t, : counts[0, hi, t]]
-            assert list(listed) == list(np.flatnonzero(any_tile[0, hi, t]))
-            for j, s in enumerate(listed):
-                if full[0, hi, t, j]:  # padded query rows may attend anything: they are dropped
-                    assert tiles[0, hi, t, :, s, :][real_tiles[t, :, s, :]].all()
-                    assert (s + 1) * bk <= m, "a full tile must not hold padded keys"
+        for t in range(-(-n // bq)):
+            rows = mask[0, hi, t * bq : (t + 1) * bq]  # real rows of the tile
+            covered = np.zeros(m, int)
+            for j in range(counts[0, hi, t]):
+                start, valid, uniform = starts[0, hi, t, j], codes[0, hi, t, j] // 2, codes[0, hi, t, j] % 2
+                assert 1 <= valid <= bk and start + valid <= m
+                covered[start : start + valid] += 1
+                if uniform:
+                    assert rows[:, start : start + valid].all()
+            assert covered.max(initial=0) <= 1, "a key row is visited twice"
+            np.testing.assert_array_equal(covered.astype(bool), rows.any(axis=0))
 
 
 @pytest.mark.gpu
