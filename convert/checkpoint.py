@@ -13,10 +13,7 @@ the temporary folder is removed, so DST is never left partial.
 
 import json
 import logging
-import os
 import pathlib
-import shutil
-import tempfile
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint.experimental.v1 as ocp
 
+from .atomic import StagingDir
 from .errors import ConversionError
 from .params import flatten, is_stacked, nest, storage_path, storage_shapes
 
@@ -50,19 +48,17 @@ class CheckpointWriter:
         self._buffer: dict[str, np.ndarray] = {}
         self._buffered = 0
         self._tmp: pathlib.Path | None = None
+        self._staging: StagingDir | None = None
         self._committed = False
 
     def __enter__(self) -> "CheckpointWriter":
-        self.dst.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{self.dst.name}.tmp-", dir=self.dst.parent))
-        umask = os.umask(0)
-        os.umask(umask)
-        self._tmp.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; DST gets the usual permissions
+        self._staging = StagingDir(self.dst, force=self.force).__enter__()
+        self._tmp = self._staging.path
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if self._tmp is not None and self._tmp.exists():
-            shutil.rmtree(self._tmp, ignore_errors=True)
+        if self._staging is not None:
+            self._staging.__exit__(exc_type, exc, tb)
         if exc_type is None and not self._committed:
             raise RuntimeError("CheckpointWriter closed without commit(); nothing was written")
 
@@ -91,18 +87,7 @@ class CheckpointWriter:
         with open(self._tmp / CONFIG_FILE, "w") as f:
             json.dump(dict(config), f, indent=2, sort_keys=True)
             f.write("\n")
-        old = None
-        if self.dst.exists():  # only reachable with force=True
-            old = self.dst.with_name(f".{self.dst.name}.old-{os.getpid()}")
-            os.rename(self.dst, old)
-        try:
-            os.rename(self._tmp, self.dst)
-        except OSError:
-            if old is not None:
-                os.rename(old, self.dst)  # put the previous checkpoint back
-            raise
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        self._staging.publish()
         self._committed = True
         log.info("wrote %s", self.dst)
         return self.dst
@@ -139,7 +124,7 @@ def read_params(
     Peak device memory is the model plus one stacked parameter (per-layer parts are freed as each
     parameter is stacked).
     """
-    params_dir = pathlib.Path(path) / PARAMS_DIR
+    params_dir = pathlib.Path(path).absolute() / PARAMS_DIR  # orbax needs absolute paths
     model_params, expected = expected, storage_shapes(expected, num_layers)
     stored = flatten(ocp.metadata(params_dir).metadata)
     problems = [f"missing: {k}" for k in sorted(set(expected) - set(stored))]

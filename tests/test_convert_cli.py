@@ -74,6 +74,13 @@ def test_loaded_parameters_equal_the_source_tensors(tmp_path, capsys):
     assert config.num_layers == 2 and model.dtype == jnp.float32
 
 
+def test_relative_paths_convert_and_load(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert run(capsys, T2V, "out", "--dtype", "fp32")[0] == 0
+    model, _ = load("out", dtype=jnp.float32)  # orbax itself wants absolute paths
+    assert model.blocks.attn1.to_q.kernel.shape[0] == 2
+
+
 def test_bf16_storage_keeps_float32_islands(tmp_path, capsys):
     assert run(capsys, T2V, tmp_path / "out")[0] == 0  # default --dtype bf16
     model, _ = load(tmp_path / "out")

@@ -11,11 +11,7 @@ import pathlib
 import subprocess
 import sys
 
-import numpy as np
-from safetensors.numpy import save_file
-
-from svg_jax.convert import target_shapes
-from svg_jax.convert.rules import expected_diffusers_key
+from svg_jax.convert.synthetic import write_random_diffusers_checkpoint
 from svg_jax.models import WanConfig
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "wan"
@@ -33,48 +29,9 @@ SHARD_BYTES = 16 * 2**20
 BUFFER_MB = 4
 
 
-def _source_shape(target: str, shape: tuple[int, ...]) -> tuple[int, ...]:
-    """torch layout of a target parameter (inverse of the linear_w / conv3d_w transforms)."""
-    if target == "patch_embedding.kernel":
-        t, h, w, i, o = shape
-        return (o, i, t, h, w)
-    if target.endswith(".kernel"):
-        return shape[::-1]
-    return shape
-
-
 def write_synthetic_checkpoint(folder: pathlib.Path, config: WanConfig) -> int:
-    """Random float32 diffusers-format shards + index + config.json; returns the tensor bytes."""
-    rng = np.random.default_rng(0)
-    tensors = {}
-    for target, (shape, _) in target_shapes(config, np.float32).items():
-        stacked = target.startswith("blocks.")
-        for layer in range(config.num_layers) if stacked else [None]:
-            key = expected_diffusers_key(target, layer)
-            tensors[key] = _source_shape(target, shape[1:] if stacked else shape)
-    folder.mkdir()
-    weight_map, shard, shard_bytes, total, names = {}, {}, 0, 0, []
-
-    def flush():
-        name = f"diffusion_pytorch_model-{len(names) + 1:05d}.safetensors"
-        save_file(shard, folder / name)
-        weight_map.update({k: name for k in shard})
-        names.append(name)
-
-    for key, shape in sorted(tensors.items()):
-        shard[key] = rng.standard_normal(shape, dtype=np.float32)
-        shard_bytes += shard[key].nbytes
-        total += shard[key].nbytes
-        if shard_bytes >= SHARD_BYTES:
-            flush()
-            shard, shard_bytes = {}, 0
-    if shard:
-        flush()
-    with open(folder / "diffusion_pytorch_model.safetensors.index.json", "w") as f:
-        json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f)
-    with open(folder / "config.json", "w") as f:
-        json.dump(config.to_diffusers_config(), f)
-    return total
+    """Random N(0, 1) float32 diffusers-format shards + index + config.json; returns the tensor bytes."""
+    return write_random_diffusers_checkpoint(folder, config, init="unit", shard_bytes=SHARD_BYTES)
 
 
 def peak_rss_of_convert(src: pathlib.Path, dst: pathlib.Path) -> int:

@@ -3,8 +3,10 @@
 * ``pallas_kernels`` → jax, numpy, jaxtyping, stdlib (and itself, relatively);
 * ``models`` → jax, flax, numpy, jaxtyping, stdlib (and itself): attention is injected, never imported;
 * ``convert`` → ``models`` + safetensors, orbax, numpy, tqdm, jax, flax, stdlib (and itself);
-* ``svg_jax`` method files may import ``pallas_kernels``; only ``cli.py``, ``loading.py`` and
-  ``sampling.py`` may import ``models`` or ``convert``.
+* ``svg_jax`` method files (k-means, SVG1, SVG2, attention dispatch) may import ``pallas_kernels`` and
+  each other, never the pipeline;
+* ``svg_jax`` pipeline files (sampling, generation, presets, CLI, ``schedulers/``) may also import
+  ``models`` and ``convert``; ``schedulers/`` itself uses only jax, numpy and the stdlib.
 """
 
 import ast
@@ -38,7 +40,23 @@ INTERNAL = {
     "convert": {"convert", "models"},
     "svg_jax": {"svg_jax", "pallas_kernels"},
 }
-ENTRY_POINTS = {"cli.py", "loading.py", "sampling.py"}  # svg_jax files that may use models and convert
+# svg_jax pipeline modules: the only svg_jax files that may use models and convert, and that method
+# files may not import.
+PIPELINE = {"cli", "embeddings", "generate", "loading", "presets", "sampling", "schedulers"}
+
+
+def _is_pipeline(path: pathlib.Path) -> bool:
+    rel = path.relative_to(ROOT / "svg_jax")
+    return (rel.parts[0] if len(rel.parts) > 1 else rel.stem) in PIPELINE
+
+
+def _is_scheduler(folder: str, path: pathlib.Path) -> bool:
+    return folder == "svg_jax" and path.relative_to(ROOT / "svg_jax").parts[0] == "schedulers"
+
+
+def _pipeline_module(module: str) -> bool:
+    parts = module.split(".")
+    return parts[0] == "svg_jax" and len(parts) > 1 and parts[1] in PIPELINE
 
 
 def _modules() -> list[tuple[str, pathlib.Path]]:
@@ -94,13 +112,23 @@ def _violations(folder: str, path: pathlib.Path) -> list[str]:
         if layer is None:
             if top in STDLIB:
                 continue
+            if _is_scheduler(folder, path) and top not in ("jax", "numpy", "jaxtyping"):
+                bad.append(f"{where} (schedulers may use only jax, numpy, jaxtyping and the stdlib)")
             if folder in THIRD_PARTY and top not in THIRD_PARTY[folder]:
                 bad.append(f"{where} ({folder} may use only {sorted(THIRD_PARTY[folder])} and the stdlib)")
             continue
         allowed = set(INTERNAL[folder])
-        if folder == "svg_jax" and path.name in ENTRY_POINTS:
+        pipeline = folder == "svg_jax" and _is_pipeline(path)
+        if pipeline:
             allowed |= {"models", "convert"}
-        if layer not in allowed:
+        if _is_scheduler(folder, path):
+            if layer != "svg_jax" or not module.startswith("svg_jax.schedulers"):
+                bad.append(f"{where} (schedulers may use only jax, numpy, the stdlib and themselves)")
+            continue
+        facade = path == ROOT / "svg_jax" / "__init__.py"  # re-exports `load` lazily
+        if folder == "svg_jax" and not pipeline and not facade and _pipeline_module(module):
+            bad.append(f"{where} (a method module may not import the pipeline module {module})")
+        elif layer not in allowed:
             bad.append(f"{where} ({folder} may not import {layer})")
         elif folder in ("pallas_kernels", "models") and layer == folder and not relative:
             bad.append(
