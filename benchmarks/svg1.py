@@ -12,6 +12,7 @@ Every timing is the median of ``--iters`` calls after ``--warmup`` calls, each e
 import argparse
 import dataclasses
 import datetime
+import itertools
 import json
 import pathlib
 import statistics
@@ -32,6 +33,7 @@ from svg_jax.pallas_kernels import (
     qk_norm_rope,
     qk_norm_rope_reference,
 )
+from svg_jax.pallas_kernels.common import is_hopper
 from svg_jax.placement import place_heads, placement_sources
 from svg_jax.svg1 import (
     HUNYUAN_T2V_720P,
@@ -181,16 +183,17 @@ def bench_workload(w: Workload, rec: Recorder, *, densities, warmup: int, iters:
     )
 
     # 4. Band attention per density: kernel alone (precomputed lists) and the whole svg1_attention call.
-    impl = "pallas_triton"
-    for density in densities:
+    impls = ("pallas_triton", "pallas_mosaic") if on_gpu and is_hopper() else ("pallas_triton",)
+    for impl, density in itertools.product(impls, densities):
         cfg = dataclasses.replace(w.config, density=density)
         geom = TileGeometry(layout=lay, block_size=cfg.block_size, first_frame_sink=cfg.first_frame_sink)
         band = cfg.band_blocks(lay)
-        mask, idx, cnt, block_k = band_kernel_lists(cfg, lay, text, b, h)
+        kernel_block_k = 128 if impl == "pallas_mosaic" else 64  # each kernel's fastest tile (svg1.py)
+        mask, idx, cnt, block_k = band_kernel_lists(cfg, lay, text, b, h, kernel_block_k)
         kept = float(mask_density(geom, mask)[0])
         flops = dense_flops * kept
         kern = jax.jit(
-            lambda q, k, v, idx, cnt, bs=cfg.block_size, bk=block_k: block_sparse_attention(
+            lambda q, k, v, idx, cnt, bs=cfg.block_size, bk=block_k, impl=impl: block_sparse_attention(
                 q, k, v, idx, cnt, block_q=bs, block_k=bk, implementation=impl
             )
         )
@@ -211,7 +214,7 @@ def bench_workload(w: Workload, rec: Recorder, *, densities, warmup: int, iters:
             **opts,
         )
         full = jax.jit(
-            lambda q, k, v, key, cfg=cfg: svg1_attention(
+            lambda q, k, v, key, cfg=cfg, impl=impl: svg1_attention(
                 q, k, v, config=cfg, layout=lay, key=key, text=text, implementation=impl
             )[0]
         )

@@ -17,6 +17,7 @@ from jax.experimental.pallas import triton as pltriton
 from jaxtyping import Array, Float, Int
 
 from . import checks
+from .block_sparse_attn_mosaic import CTA_ROWS, block_sparse_attention_mosaic, mosaic_supports
 from .common import (
     TritonConfig,
     default_triton_config,
@@ -184,7 +185,9 @@ def block_sparse_attention(
     calls also raise on out-of-range values; under ``jit`` they cannot be checked).
 
     ``implementation``: ``"xla"`` (the dense-masked oracle), ``"pallas_triton"`` (Pallas lowered through
-    Triton; runs on CPU with ``interpret=True``) or ``"auto"`` (Triton on GPU, XLA on CPU).
+    Triton; runs on CPU with ``interpret=True``), ``"pallas_mosaic"`` (Hopper: Mosaic GPU, wgmma + TMA,
+    ``block_q=128``, ``block_k`` 64/128, bf16/f16, D a multiple of 64; see ``block_sparse_attn_mosaic``)
+    or ``"auto"`` (Mosaic on Hopper when the inputs qualify, else Triton on GPU; XLA on CPU).
     ``interpret`` defaults to True off-GPU. ``config`` tunes the Triton launch (never the result).
     """
     checks.check_qkv(q, k, v)
@@ -221,12 +224,25 @@ def block_sparse_attention(
         )
     sm_scale = checks.default_sm_scale(q) if sm_scale is None else float(sm_scale)
 
-    impl = resolve_implementation(implementation)
+    impl = resolve_implementation(implementation, mosaic_ok=mosaic_supports(q, block_q, block_k))
     if impl == "xla":
         return block_sparse_attention_reference(
             q, k, v, kv_block_indices, kv_block_counts, block_q=block_q, block_k=block_k, sm_scale=sm_scale
         )
     interpret = (jax.default_backend() != "gpu") if interpret is None else interpret
+    if impl == "pallas_mosaic":
+        if block_q != CTA_ROWS:
+            raise ValueError(f"implementation='pallas_mosaic' needs block_q={CTA_ROWS}; got {block_q}")
+        return block_sparse_attention_mosaic(
+            q,
+            k,
+            v,
+            kv_block_indices,
+            kv_block_counts,
+            block_k=block_k,
+            sm_scale=sm_scale,
+            interpret=interpret,
+        )
     dp = padded_head_dim(d)
     qp = pad_axis(pad_axis(q, 1, nqb * block_q), 3, dp)
     kp = pad_axis(pad_axis(k, 1, nkb * block_k), 3, dp)

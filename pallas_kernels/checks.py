@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-IMPLEMENTATIONS = ("auto", "xla", "pallas_triton")
+IMPLEMENTATIONS = ("auto", "xla", "pallas_triton", "pallas_mosaic")
 FLOAT_DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
 
 

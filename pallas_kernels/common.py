@@ -60,11 +60,22 @@ def default_triton_config(block_q: int, head_dim: int) -> TritonConfig:
     return TritonConfig(num_warps=8 if block_q * head_dim > 128 * 128 else 4, num_stages=2)
 
 
-def resolve_implementation(implementation: str) -> str:
-    """'auto' → the fastest correct path on the default backend; explicit choices are checked."""
+def is_hopper() -> bool:
+    """Whether the default device is an sm90 GPU (H100/H200/H800/GH200): wgmma and TMA are there."""
+    dev = jax.devices()[0]
+    return dev.platform == "gpu" and str(getattr(dev, "compute_capability", "")).startswith("9.")
+
+
+def resolve_implementation(implementation: str, *, mosaic_ok: bool = False) -> str:
+    """'auto' → the fastest correct path on the default backend; explicit choices are checked.
+
+    ``mosaic_ok``: the caller has a Mosaic GPU kernel for these inputs (dtype, head dim, tiles); 'auto'
+    then picks it on Hopper. Otherwise 'auto' is Triton on a GPU and the XLA oracle on a CPU (where the
+    Pallas interpreter would step the grid one program at a time).
+    """
     checks.check_implementation(implementation)
-    backend = jax.default_backend()
     if implementation == "auto":
-        # On CPU the Pallas interpreter runs the grid step by step; the XLA oracle is the fast path there.
-        return "pallas_triton" if backend == "gpu" else "xla"
+        if jax.default_backend() != "gpu":
+            return "xla"
+        return "pallas_mosaic" if mosaic_ok and is_hopper() else "pallas_triton"
     return implementation

@@ -19,6 +19,8 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
 from svg_jax.pallas_kernels import block_mask_to_indices, block_sparse_attention, masked_attention_reference
+from svg_jax.pallas_kernels.block_sparse_attn_mosaic import mosaic_supports
+from svg_jax.pallas_kernels.common import resolve_implementation
 
 from .layout import TextTokens, VideoLayout
 from .placement import PermuteImplementation, place_heads
@@ -36,7 +38,8 @@ from .svg1_masks import (
 
 log = logging.getLogger(__name__)
 
-KERNEL_BLOCK_K = 64  # key tile of the band kernel; mask tiles are split into these
+KERNEL_BLOCK_K = 64  # key tile of the Triton band kernel; mask tiles are split into these
+MOSAIC_BLOCK = 128  # query and key tile of the Mosaic (Hopper) kernel
 
 SPATIAL, TEMPORAL = 0, 1
 
@@ -265,18 +268,23 @@ def profile_heads(
 
 
 def band_kernel_lists(
-    config: SVG1Config, layout: VideoLayout, text: TextTokens | None, batch: int, heads: int
+    config: SVG1Config,
+    layout: VideoLayout,
+    text: TextTokens | None,
+    batch: int,
+    heads: int,
+    kernel_block_k: int = KERNEL_BLOCK_K,
 ):
     """The band as kernel lists ``(block_mask [B,nb,nb], indices [B,H,nb,K], counts [B,H,nb], block_k)``.
 
-    The kernel runs ``block_size × 64`` tiles (128×64 is its fastest shape on H100, see
-    benchmarks/attention.py): each mask tile's key side is split into ``block_size // block_k`` kernel
-    blocks, which selects exactly the same keys.
+    The kernel runs ``block_size × kernel_block_k`` tiles (Triton: 128×64 is its fastest shape on H100;
+    Mosaic: 128×128, see benchmarks/): each mask tile's key side is split into
+    ``block_size // block_k`` kernel blocks, which selects exactly the same keys.
     """
     geom = TileGeometry(layout=layout, block_size=config.block_size, first_frame_sink=config.first_frame_sink)
     band = config.band_blocks(layout)
     block_mask = band_block_mask(geom, text_valid_len(layout, text, batch), band)  # [B, nb, nb]
-    block_k = min(KERNEL_BLOCK_K, config.block_size)
+    block_k = min(kernel_block_k, config.block_size)
     split = config.block_size // block_k
     fine_mask = jnp.repeat(block_mask, split, axis=-1)[..., : -(-layout.seq_len // block_k)]  # [B, nb, nkb]
     idx, cnt = block_mask_to_indices(fine_mask, max_kv_blocks=split * max_blocks_per_row(geom, band))
@@ -321,7 +329,11 @@ def svg1_attention(
         (q, k, v), layout, temporal, implementation=permute_implementation, interpret=interpret
     )
 
-    block_mask, idx, cnt, block_k = band_kernel_lists(config, layout, text, b, h)
+    # The Mosaic (Hopper) kernel is fastest on whole 128×128 mask tiles, Triton on 128×64.
+    mosaic = config.block_size == MOSAIC_BLOCK and mosaic_supports(q, MOSAIC_BLOCK, MOSAIC_BLOCK)
+    impl = resolve_implementation(implementation, mosaic_ok=mosaic)
+    kernel_block_k = MOSAIC_BLOCK if impl == "pallas_mosaic" else KERNEL_BLOCK_K
+    block_mask, idx, cnt, block_k = band_kernel_lists(config, layout, text, b, h, kernel_block_k)
     out_p = block_sparse_attention(
         qp,
         kp,
@@ -331,7 +343,7 @@ def svg1_attention(
         block_q=config.block_size,
         block_k=block_k,
         sm_scale=sm_scale,
-        implementation=implementation,
+        implementation=impl,
         interpret=interpret,
     )
     (out,) = place_heads(

@@ -1,4 +1,4 @@
-"""block_sparse_attention (Pallas Triton kernel) against its dense-masked XLA oracle."""
+"""block_sparse_attention (Pallas Triton and Mosaic GPU kernels) against its dense-masked XLA oracle."""
 
 import functools
 
@@ -15,6 +15,7 @@ from svg_jax.pallas_kernels import (
     block_sparse_attention,
     block_sparse_attention_reference,
 )
+from svg_jax.pallas_kernels.common import is_hopper
 
 
 def random_lists(seed: int, b: int, h: int, nqb: int, nkb: int, density: float):
@@ -125,3 +126,54 @@ def test_head_dim_beyond_triton_limit_raises_not_falls_back():
     idx, cnt = block_mask_to_indices(jnp.ones((1, 1, 1, 1), bool))
     with pytest.raises(NotImplementedError, match="head dim 300"):
         block_sparse_attention(q, k, v, idx, cnt, block_q=64, block_k=64, implementation="pallas_triton")
+
+
+# Mosaic GPU (Hopper) kernel: compiled on the GPU only (Mosaic's CPU simulator cannot run wgmma in
+# registers); the argument checks run everywhere.
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16], ids=["bf16", "f16"])
+@pytest.mark.parametrize(
+    "b, h, n, m, d, block_k, density",
+    [
+        (1, 2, 256, 200, 64, 64, 0.6),  # ragged keys, D 64
+        (2, 3, 1000, 777, 128, 64, 0.4),  # ragged queries and keys, B and H > 1
+        (1, 2, 512, 512, 128, 128, 0.5),  # 128-key tiles
+        (1, 1, 384, 1000, 128, 128, 0.15),  # M > N, ragged 128 tiles
+        (1, 2, 4100, 4100, 128, 128, 1.0),  # dense lists at a video-like size
+    ],
+)
+def test_gpu_mosaic_matches_reference(dtype, b, h, n, m, d, block_k, density):
+    if not is_hopper():
+        pytest.skip("the Mosaic kernel needs an sm90 GPU")
+    q, k, v = random_qkv(11, b, n, m, h, d, dtype)
+    idx, cnt = random_lists(12, b, h, -(-n // 128), -(-m // block_k), density)
+    cnt = cnt.at[:, :, 0].set(0)  # a query block with an empty list gives zeros
+    blocks = dict(block_q=128, block_k=block_k)
+    out = jax.jit(functools.partial(block_sparse_attention, implementation="pallas_mosaic", **blocks))(
+        q, k, v, idx, cnt
+    )
+    ref = block_sparse_attention_reference(q, k, v, idx, cnt, **blocks)
+    assert_close(out, ref, dtype)
+    assert float(jnp.abs(out[:, :128].astype(jnp.float32)).max()) == 0.0
+    auto = jax.jit(functools.partial(block_sparse_attention, implementation="auto", **blocks))(
+        q, k, v, idx, cnt
+    )
+    np.testing.assert_array_equal(np.asarray(auto), np.asarray(out))  # 'auto' picks Mosaic on Hopper
+
+
+@pytest.mark.parametrize(
+    "dtype, d, block_q, block_k, match",
+    [
+        (jnp.float32, 128, 128, 64, "takes bf16 or f16"),
+        (jnp.bfloat16, 96, 128, 64, "multiple of 64"),
+        (jnp.bfloat16, 128, 64, 64, "needs block_q=128"),
+        (jnp.bfloat16, 128, 128, 32, "block_k 64 or 128"),
+    ],
+)
+def test_mosaic_refuses_unsupported_inputs(dtype, d, block_q, block_k, match):
+    q, k, v = random_qkv(13, 1, 256, 256, 1, d, dtype)
+    idx, cnt = block_mask_to_indices(jnp.ones((1, 1, 256 // block_q, 256 // block_k), bool))
+    with pytest.raises(ValueError, match=match):
+        block_sparse_attention(
+            q, k, v, idx, cnt, block_q=block_q, block_k=block_k, implementation="pallas_mosaic"
+        )

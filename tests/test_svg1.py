@@ -63,8 +63,10 @@ def test_presets_match_official_scripts():
         "hunyuanvideo-t2v-480p": (0.20, 2, 0, False, "floor"),
         "cogvideox1.5-5b-i2v": (0.25, 10, 2, False, "floor"),
     }
-    got = {name: (c.density, c.dense_steps, c.dense_layers, c.first_frame_sink, c.band_rounding)
-           for name, c in PRESETS.items()}
+    got = {
+        name: (c.density, c.dense_steps, c.dense_layers, c.first_frame_sink, c.band_rounding)
+        for name, c in PRESETS.items()
+    }
     assert got == want
     assert all(c.block_size == 128 for c in PRESETS.values())
 
@@ -76,8 +78,9 @@ def test_bad_layout_raises():
         svg1_attention(q, k, v, config=SMALL, layout=layout, key=jax.random.PRNGKey(0))
     text_layout = VideoLayout(num_frames=4, tokens_per_frame=40, text_placement="last", num_text_tokens=1)
     with pytest.raises(ValueError, match="text must match the layout"):
-        svg1_attention(q, k, v, config=SMALL, layout=text_layout, key=jax.random.PRNGKey(0),
-                       text=TextTokens("first", 1))
+        svg1_attention(
+            q, k, v, config=SMALL, layout=text_layout, key=jax.random.PRNGKey(0), text=TextTokens("first", 1)
+        )
 
 
 # --- profiling ---------------------------------------------------------------------------------------
@@ -106,8 +109,9 @@ def test_profiler_picks_spatial_and_temporal_heads():
     layout = VideoLayout(num_frames=t, tokens_per_frame=f)
     q, k, v = synthetic_heads(t, f, d, favour=[["spatial", "temporal"], ["temporal", "spatial"]])
     cfg = SVG1Config(density=0.3, block_size=16)
-    out, stats = svg1_attention(q, k, v, config=cfg, layout=layout, key=jax.random.PRNGKey(3),
-                                implementation="xla")
+    out, stats = svg1_attention(
+        q, k, v, config=cfg, layout=layout, key=jax.random.PRNGKey(3), implementation="xla"
+    )
     np.testing.assert_array_equal(np.asarray(stats.head_choice), [[0, 1], [1, 0]])
     mse_s, mse_t = stats.mse_spatial, stats.mse_temporal
     assert bool(jnp.all(jnp.where(stats.head_choice == 1, mse_t < mse_s, mse_s <= mse_t)))
@@ -133,14 +137,19 @@ def test_profiler_samples_the_whole_video_not_the_first_10k_rows():
 @pytest.mark.parametrize("placement", ["none", "first", "last"])
 def test_placement_round_trip_and_definition(implementation, placement):
     t, f, ctx = 3, 10, 5
-    layout = VideoLayout(num_frames=t, tokens_per_frame=f, text_placement=placement,
-                         num_text_tokens=0 if placement == "none" else ctx)
+    layout = VideoLayout(
+        num_frames=t,
+        tokens_per_frame=f,
+        text_placement=placement,
+        num_text_tokens=0 if placement == "none" else ctx,
+    )
     n = layout.seq_len
     x = jax.random.normal(jax.random.PRNGKey(1), (2, n, 3, 16))
     temporal = jnp.array([[True, False, True], [False, False, True]])
     (placed,) = place_heads((x,), layout, temporal, implementation=implementation, interpret=True)
-    (back,) = place_heads((placed,), layout, temporal, inverse=True, implementation=implementation,
-                          interpret=True)
+    (back,) = place_heads(
+        (placed,), layout, temporal, inverse=True, implementation=implementation, interpret=True
+    )
     np.testing.assert_array_equal(np.asarray(back), np.asarray(x))
     vs = layout.video_start
     xn, pn = np.asarray(x), np.asarray(placed)
@@ -168,8 +177,17 @@ def test_placement_sources_are_permutations():
 def test_svg1_attention_matches_masked_dense_reference_xla(layout, text):
     q, k, v = random_qkv(7, 2, layout.seq_len, layout.seq_len, 3, 32)
     cfg = dataclasses.replace(SMALL, first_frame_sink=layout.text_placement == "none")
-    out, stats = svg1_attention(q, k, v, config=cfg, layout=layout, key=jax.random.PRNGKey(1), text=text,
-                                implementation="xla", permute_implementation="xla")
+    out, stats = svg1_attention(
+        q,
+        k,
+        v,
+        config=cfg,
+        layout=layout,
+        key=jax.random.PRNGKey(1),
+        text=text,
+        implementation="xla",
+        permute_implementation="xla",
+    )
     ref = svg1_attention_reference(q, k, v, stats.head_choice, config=cfg, layout=layout, text=text)
     assert float(jnp.max(jnp.abs(out - ref))) <= 1e-5
     assert stats.head_choice.shape == (2, 3) and stats.density.shape == (2,)
@@ -180,9 +198,18 @@ def test_svg1_attention_matches_masked_dense_reference_xla(layout, text):
 def test_svg1_attention_kernels_match_reference(interpret, layout, text):
     """The Pallas band kernel and the Pallas gather, interpret mode on CPU / compiled on GPU."""
     q, k, v = random_qkv(8, 2, layout.seq_len, layout.seq_len, 2, 32)
-    out, stats = svg1_attention(q, k, v, config=SMALL, layout=layout, key=jax.random.PRNGKey(2), text=text,
-                                implementation="pallas_triton", permute_implementation="pallas_triton",
-                                interpret=interpret)
+    out, stats = svg1_attention(
+        q,
+        k,
+        v,
+        config=SMALL,
+        layout=layout,
+        key=jax.random.PRNGKey(2),
+        text=text,
+        implementation="pallas_triton",
+        permute_implementation="pallas_triton",
+        interpret=interpret,
+    )
     ref = svg1_attention_reference(q, k, v, stats.head_choice, config=SMALL, layout=layout, text=text)
     assert float(jnp.max(jnp.abs(out - ref))) <= 1e-5
 
@@ -195,8 +222,9 @@ def test_jit_without_host_transfers():
 
     @jax.jit
     def step(q, k, v, valid_len, key):
-        return svg1_attention(q, k, v, config=SMALL, layout=layout, key=key,
-                              text=TextTokens("last", 24, valid_len))
+        return svg1_attention(
+            q, k, v, config=SMALL, layout=layout, key=key, text=TextTokens("last", 24, valid_len)
+        )
 
     step(q, k, v, valid_len, key)  # compile outside the guard
     with jax.transfer_guard("disallow"):
@@ -213,3 +241,30 @@ def test_bf16_runs_and_stays_close():
     assert out.dtype == jnp.bfloat16
     err = np.abs(np.asarray(out, np.float32) - np.asarray(ref, np.float32)).max()
     assert err <= 2e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("first_frame_sink", [False, True])
+def test_gpu_svg1_on_hopper_runs_mosaic_128_tiles_exactly(first_frame_sink):
+    """'auto' on an H100 runs the Mosaic kernel on whole 128×128 mask tiles: same result as the oracle."""
+    from svg_jax.pallas_kernels.common import is_hopper
+
+    if not is_hopper():
+        pytest.skip("the Mosaic kernel needs an sm90 GPU")
+    layout = VideoLayout(num_frames=6, tokens_per_frame=300)  # N = 1800, not a tile multiple
+    cfg = SVG1Config(density=0.3, first_frame_sink=first_frame_sink, band_rounding="ceil")
+    q, k, v = random_qkv(21, 1, layout.seq_len, layout.seq_len, 4, 128, jnp.bfloat16)
+    run = jax.jit(
+        lambda q, k, v, impl: svg1_attention(
+            q, k, v, config=cfg, layout=layout, key=jax.random.key(0), implementation=impl
+        ),
+        static_argnums=3,
+    )
+    out, stats = run(q, k, v, "auto")
+    triton, _ = run(q, k, v, "pallas_triton")
+    ref = svg1_attention_reference(q, k, v, stats.head_choice, config=cfg, layout=layout)
+    for got in (out, triton):
+        err = float(
+            jnp.linalg.norm((got - ref).astype(jnp.float32)) / jnp.linalg.norm(ref.astype(jnp.float32))
+        )
+        assert err < 2e-2, err
