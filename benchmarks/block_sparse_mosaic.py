@@ -29,6 +29,7 @@ CHECKS = [  # (B, H, N, M, D, block_k, density)
     (1, 1, 384, 1000, 128, 64, 0.2),
 ]
 BENCH = (1, 40, 75600, 128)
+VARIANTS = (("pallas_mosaic", 128), ("pallas_mosaic", 64), ("pallas_triton", 64))
 
 
 def check(case, key) -> dict:
@@ -52,7 +53,7 @@ def bench(key, dense_ms) -> list[dict]:
     q, k, v = (jax.random.normal(kk, (b, n, h, d), jnp.bfloat16) for kk in ks[:3])
     rows = []
     for density in (1.0, 0.3, 0.13):
-        for impl, bk in (("pallas_mosaic", 128), ("pallas_mosaic", 64), ("pallas_triton", 64)):
+        for impl, bk in VARIANTS:
             nqb, nkb = -(-n // 128), -(-n // bk)
             idx, cnt = random_block_lists(jax.random.fold_in(ks[3], bk), b, h, nqb, nkb, density)
             fn = jax.jit(
@@ -82,14 +83,54 @@ def bench(key, dense_ms) -> list[dict]:
     return rows
 
 
+def stage_sweep(key, dense_ms, stages_list) -> list[dict]:
+    """The Mosaic kernel (128×128 tiles) at several ring depths."""
+    from svg_jax.pallas_kernels.block_sparse_attn_mosaic import block_sparse_attention_mosaic
+
+    b, h, n, d = BENCH
+    ks = jax.random.split(key, 4)
+    q, k, v = (jax.random.normal(kk, (b, n, h, d), jnp.bfloat16) for kk in ks[:3])
+    rows = []
+    for density in (0.3, 0.13):
+        idx, cnt = random_block_lists(
+            jax.random.fold_in(ks[3], 128), b, h, -(-n // 128), -(-n // 128), density
+        )
+        for stages in stages_list:
+            fn = jax.jit(
+                functools.partial(
+                    block_sparse_attention_mosaic, block_k=128, sm_scale=d**-0.5, num_stages=stages
+                )
+            )
+            try:
+                t = time_fn(fn, q, k, v, idx, cnt, iters=10)
+            except Exception as e:
+                traceback.print_exc()
+                rows.append({"stages": stages, "density": density, "error": repr(e)[:400]})
+                continue
+            flops = float(jnp.sum(cnt)) * 128 * 128 * 4 * d
+            rows.append(
+                {
+                    "stages": stages,
+                    "density": density,
+                    **t,
+                    "eff_tflops": flops / (t["median_ms"] * 1e-3) / 1e12,
+                    "speedup_vs_dense": dense_ms / t["median_ms"],
+                }
+            )
+            print_table(rows[-1:], ["stages", "density", "median_ms", "eff_tflops", "speedup_vs_dense"])
+    return rows
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", required=True)
     parser.add_argument("--skip-bench", action="store_true")
+    parser.add_argument("--skip-checks", action="store_true")
+    parser.add_argument("--stages", type=int, nargs="+", default=None, help="Mosaic ring depths to compare")
     args = parser.parse_args(argv)
     key = jax.random.key(0)
     payload = {**device_info(), "command": " ".join(sys.argv), "checks": [], "bench": []}
-    for i, case in enumerate(CHECKS):
+    for i, case in enumerate([] if args.skip_checks else CHECKS):
         try:
             payload["checks"].append(check(case, jax.random.fold_in(key, i)))
         except Exception as e:
@@ -104,7 +145,9 @@ def main(argv=None) -> int:
         t = time_fn(dense, q, q, q, iters=10)
         payload["dense"] = {**t, "tflops": attention_flops(b, h, n, n, d) / (t["median_ms"] * 1e-3) / 1e12}
         print("cuDNN dense", payload["dense"])
-        payload["bench"] = bench(key, t["median_ms"])
+        payload["bench"] = (
+            bench(key, t["median_ms"]) if not args.stages else stage_sweep(key, t["median_ms"], args.stages)
+        )
         write_json(args.out, payload)
     return 0
 
