@@ -21,6 +21,7 @@ from jaxtyping import Array, Float, Int
 
 from . import checks
 from .common import dot_precision, pad_axis, padded_head_dim, resolve_implementation
+from .kmeans_mosaic import kmeans_assign_mosaic
 from .kmeans_reference import kmeans_assign_reference
 
 _INT32_MAX = jnp.iinfo(jnp.int32).max
@@ -138,13 +139,18 @@ def kmeans_assign(
     accumulates in float32; ties go to the lowest centroid index. ``N``, ``K`` and ``D`` are arbitrary.
 
     ``implementation``: ``"xla"`` (the oracle :func:`kmeans_assign_reference`, materialising ``[G, N, K]``),
-    ``"pallas_triton"`` (the fused kernel; runs on CPU with ``interpret=True``) or ``"auto"`` (Triton on
-    GPU, XLA on CPU). ``interpret`` defaults to True off-GPU; ``config`` tunes the launch.
+    ``"pallas_triton"`` (the fused kernel; runs on CPU with ``interpret=True``), ``"pallas_mosaic"``
+    (Hopper: wgmma + TMA, bf16/f16 rows, D a multiple of 64; see ``kmeans_mosaic``; correct but slower than
+    Triton today, so explicit only) or ``"auto"`` (Triton on GPU, XLA on CPU). ``interpret`` defaults to True
+    off-GPU; ``config`` tunes the Triton launch.
     """
     _check_inputs(x, centroids)
+    # 'auto' never picks the Mosaic kernel: it measured slower than Triton (benchmarks/kmeans_mosaic.py).
     impl = resolve_implementation(implementation)
     if impl == "xla":
         return kmeans_assign_reference(x, centroids)
+    if impl == "pallas_mosaic":
+        return kmeans_assign_mosaic(x, centroids)
     interpret = (jax.default_backend() != "gpu") if interpret is None else interpret
     config = config or KMeansAssignConfig()
     g, n, d = x.shape

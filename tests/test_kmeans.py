@@ -14,7 +14,7 @@ from svg_jax.pallas_kernels.kmeans_reference import squared_distances
 ON_GPU = jax.default_backend() == "gpu"
 
 # Distances of the kernel vs the oracle on the same rounded inputs: only the dot's summation order differs.
-DIST_TOL = {jnp.float32: 1e-4, jnp.bfloat16: 1e-3}
+DIST_TOL = {jnp.float32: 1e-4, jnp.bfloat16: 1e-3, jnp.float16: 1e-3}
 SMALL_TILES = KMeansAssignConfig(block_n=16, block_k=16)
 
 
@@ -153,8 +153,9 @@ def test_result_is_consistent():
     for gi in range(2):
         np.testing.assert_array_equal(np.bincount(labels[gi], minlength=7), sizes[gi])
         for ci in np.flatnonzero(sizes[gi]):
-            np.testing.assert_allclose(res.centroids[gi, ci], np.asarray(x)[gi, labels[gi] == ci].mean(0),
-                                       rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(
+                res.centroids[gi, ci], np.asarray(x)[gi, labels[gi] == ci].mean(0), rtol=1e-5, atol=1e-5
+            )
 
 
 def test_cold_start_uses_distinct_points():
@@ -224,8 +225,10 @@ def test_bf16_input_gives_f32_centroids():
         (dict(num_clusters=11, num_iters=1, key=jax.random.key(0)), "num_clusters"),
         (dict(num_clusters=2, num_iters=-1, key=jax.random.key(0)), "num_iters"),
         (dict(num_clusters=2, num_iters=1), "exactly one of key"),
-        (dict(num_clusters=2, num_iters=1, key=jax.random.key(0), init_centroids=jnp.zeros((1, 2, 3))),
-         "exactly one of key"),
+        (
+            dict(num_clusters=2, num_iters=1, key=jax.random.key(0), init_centroids=jnp.zeros((1, 2, 3))),
+            "exactly one of key",
+        ),
         (dict(num_clusters=2, num_iters=1, init_centroids=jnp.zeros((1, 3, 3))), "init_centroids"),
         (dict(num_clusters=2, num_iters=1, key=jax.random.key(0), tol=-1.0), "tol"),
     ],
@@ -245,3 +248,23 @@ def test_kmeans_compiled_gpu_matches_xla():
     b = kmeans_jit(x, num_clusters=300, implementation="xla", **kw)
     agree = float(np.mean(np.asarray(a.labels) == np.asarray(b.labels)))
     assert agree > 0.99, agree
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not ON_GPU, reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+@pytest.mark.parametrize("shape", [(4, 4097, 300, 128), (2, 1000, 1000, 64), (3, 77, 5, 128)])
+def test_assign_mosaic_kernel_compiled_gpu(shape, dtype):
+    from svg_jax.pallas_kernels.common import is_hopper
+
+    if not is_hopper():
+        pytest.skip("the Mosaic kernel needs an sm90 GPU")
+    x, c = _data(2, *shape, dtype)
+    labels, dist = jax.jit(lambda a, b: kmeans_assign(a, b, implementation="pallas_mosaic"))(x, c)
+    _check_assignment(x, c, labels, dist, dtype)
+
+
+def test_assign_mosaic_refuses_unsupported_inputs():
+    x, c = _data(3, 1, 64, 4, 96, jnp.bfloat16)
+    with pytest.raises(ValueError, match="multiple of 64"):
+        kmeans_assign(x, c, implementation="pallas_mosaic")
