@@ -63,6 +63,7 @@ def video_layout(model: WanTransformer3DModel, latent_shape: tuple[int, ...]) ->
 
 
 def _check_args(
+    *,
     model,
     latents,
     prompt_embeds,
@@ -73,6 +74,7 @@ def _check_args(
     attention,
     seed,
     condition,
+    **_,
 ) -> None:
     if not isinstance(model, WanTransformer3DModel):
         raise ValueError(
@@ -205,18 +207,7 @@ def sample(
     timestep, mean_density)`` is called on the host after every step (costs one small device-to-host
     transfer per step).
     """
-    _check_args(
-        model,
-        latents,
-        prompt_embeds,
-        negative_embeds,
-        guidance_scale,
-        num_steps,
-        scheduler,
-        attention,
-        seed,
-        condition,
-    )
+    _check_args(**locals())  # every argument, by name
     cfg = model.config
     guided = guidance_scale > 1.0
     layout = video_layout(model, latents.shape)
