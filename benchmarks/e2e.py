@@ -22,6 +22,7 @@ model; the measured density is reported next to every time.
 
 import argparse
 import dataclasses
+import functools
 import statistics
 import sys
 import time
@@ -76,6 +77,11 @@ COLUMNS = [
 ]
 
 
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _draw(key, shape, dtype):
+    return (0.02 * jax.random.normal(key, shape, jnp.float32)).astype(dtype)  # compiled once per shape
+
+
 def random_model(config: WanConfig, seed: int = 0) -> WanTransformer3DModel:
     """bf16 model with N(0, 0.02²) weights and unit norm scales, each leaf drawn on the device."""
     abstract = nnx.eval_shape(
@@ -86,8 +92,7 @@ def random_model(config: WanConfig, seed: int = 0) -> WanTransformer3DModel:
         if path.endswith(".scale"):
             arrays[path] = jnp.ones(spec.shape, spec.dtype)
             continue
-        draw = jax.jit(lambda k, s=spec: (0.02 * jax.random.normal(k, s.shape, jnp.float32)).astype(s.dtype))
-        arrays[path] = draw(jax.random.key(seed * 100_003 + i))
+        arrays[path] = _draw(jax.random.key(seed * 100_003 + i), spec.shape, spec.dtype)
     return with_params(abstract, arrays)
 
 

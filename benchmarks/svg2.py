@@ -41,8 +41,15 @@ from svg_jax.svg2 import SVG2Cache, SVG2Config, svg2_attention, svg2_plan
 
 ASSIGN_SWEEP = [
     KMeansAssignConfig(block_n=bn, block_k=bk, num_warps=w, num_stages=st)
-    for bn, bk, w, st in ((128, 64, 4, 2), (128, 64, 8, 2), (128, 128, 8, 2), (64, 64, 4, 3), (128, 32, 4, 3),
-                          (256, 64, 8, 2), (64, 128, 4, 2))
+    for bn, bk, w, st in (
+        (128, 64, 4, 2),
+        (128, 64, 8, 2),
+        (128, 128, 8, 2),
+        (64, 64, 4, 3),
+        (128, 32, 4, 3),
+        (256, 64, 8, 2),
+        (64, 128, 4, 2),
+    )
 ]
 
 
@@ -86,8 +93,9 @@ def bench_kmeans(x, num_clusters: int, config: SVG2Config, tag: str, *, warmup: 
     res = cold(x, key)
     rows = {}
     rows[f"kmeans_{tag}_cold_{config.kmeans_init_iters}it"] = timeit(cold, x, key, warmup=warmup, reps=reps)
-    rows[f"kmeans_{tag}_warm_{config.kmeans_warm_iters}it"] = timeit(warm, x, res.centroids, warmup=warmup,
-                                                                     reps=reps)
+    rows[f"kmeans_{tag}_warm_{config.kmeans_warm_iters}it"] = timeit(
+        warm, x, res.centroids, warmup=warmup, reps=reps
+    )
     t_assign = timeit(assign, x, res.centroids, warmup=warmup, reps=reps)
     t_assign["tflops"] = 2.0 * g * n * num_clusters * flop_d / (t_assign["median_ms"] * 1e-3) / 1e12
     rows[f"kmeans_{tag}_assign"] = t_assign
@@ -107,8 +115,11 @@ def run(args) -> dict:
     dtype = jnp.bfloat16 if on_gpu or args.dtype == "bf16" else jnp.float32
     b, n, h, d = args.batch, args.tokens, args.heads, args.head_dim
     base = svg2.PRESETS[args.preset]
-    config = dataclasses.replace(base, num_q_clusters=args.q_clusters or base.num_q_clusters,
-                                 num_k_clusters=args.k_clusters or base.num_k_clusters)
+    config = dataclasses.replace(
+        base,
+        num_q_clusters=args.q_clusters or base.num_q_clusters,
+        num_k_clusters=args.k_clusters or base.num_k_clusters,
+    )
     key = jax.random.key(args.seed)
     if args.data == "mixture":
         q, k, v = mixture_qkv(key, b, n, h, d, args.components, dtype)
@@ -137,8 +148,11 @@ def run(args) -> dict:
 
     perm_fn = jax.jit(permutations)
     qs, ks, vs, _ = perm_fn(q, k, v, q, plan)
-    attn_fn = jax.jit(lambda qs, ks, vs, plan: cluster_sparse_attention(
-        qs, ks, vs, plan.q_cluster_sizes, plan.k_cluster_sizes, plan.cluster_map))
+    attn_fn = jax.jit(
+        lambda qs, ks, vs, plan: cluster_sparse_attention(
+            qs, ks, vs, plan.q_cluster_sizes, plan.k_cluster_sizes, plan.cluster_map
+        )
+    )
     dense_impl = "cudnn" if on_gpu else None
     dense_fn = jax.jit(lambda q, k, v: jax.nn.dot_product_attention(q, k, v, implementation=dense_impl))
 
@@ -174,9 +188,14 @@ def run(args) -> dict:
         "results": results,
         "summary": summary,
         "published": {
-            "flash_kmeans_h100_fp16_40x75600": {"K1000_warm1_ms": 4.46, "K1000_warm2_ms": 8.13,
-                                                "K1000_cold50_ms": 203, "K300_warm1_ms": 2.58,
-                                                "K300_warm2_ms": 4.39, "K300_cold50_ms": 98},
+            "flash_kmeans_h100_fp16_40x75600": {
+                "K1000_warm1_ms": 4.46,
+                "K1000_warm2_ms": 8.13,
+                "K1000_cold50_ms": 203,
+                "K300_warm1_ms": 2.58,
+                "K300_warm2_ms": 4.39,
+                "K300_cold50_ms": 98,
+            },
             "flash_kmeans_h200_per_iter_b32_k1000_n131072_ms": 5.9,
             "svg2_warm_kmeans_ms": [0.25, 0.5],
         },
@@ -185,8 +204,10 @@ def run(args) -> dict:
 
 def print_table(report: dict) -> None:
     s = report["shape"]
-    print(f"SVG2 benchmark on {report['device']} ({report['backend']}), B{s['B']} H{s['H']} N{s['N']} "
-          f"D{s['D']} {s['dtype']}, data={report['data']}")
+    print(
+        f"SVG2 benchmark on {report['device']} ({report['backend']}), B{s['B']} H{s['H']} N{s['N']} "
+        f"D{s['D']} {s['dtype']}, data={report['data']}"
+    )
     print(f"{'measurement':<34} {'median ms':>10} {'min ms':>10} {'TFLOP/s':>8}")
     for name, row in report["results"].items():
         tf = f"{row['tflops']:.3g}" if "tflops" in row else ""

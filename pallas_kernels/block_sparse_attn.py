@@ -17,7 +17,7 @@ from jax.experimental.pallas import triton as pltriton
 from jaxtyping import Array, Float, Int
 
 from . import checks
-from .block_sparse_attn_mosaic import CTA_ROWS, block_sparse_attention_mosaic, mosaic_supports
+from .block_sparse_attn_mosaic import block_sparse_attention_mosaic, mosaic_supports
 from .common import (
     TritonConfig,
     default_triton_config,
@@ -231,14 +231,13 @@ def block_sparse_attention(
         )
     interpret = (jax.default_backend() != "gpu") if interpret is None else interpret
     if impl == "pallas_mosaic":
-        if block_q != CTA_ROWS:
-            raise ValueError(f"implementation='pallas_mosaic' needs block_q={CTA_ROWS}; got {block_q}")
         return block_sparse_attention_mosaic(
             q,
             k,
             v,
             kv_block_indices,
             kv_block_counts,
+            block_q=block_q,
             block_k=block_k,
             sm_scale=sm_scale,
             interpret=interpret,

@@ -173,6 +173,7 @@ def block_sparse_attention_mosaic(
     kv_block_indices: Int[Array, "B H nqb K"],
     kv_block_counts: Int[Array, "B H nqb"],
     *,
+    block_q: int = CTA_ROWS,
     block_k: int,
     sm_scale: float,
     num_stages: int = 2,
@@ -182,7 +183,7 @@ def block_sparse_attention_mosaic(
 
     ``interpret=True`` runs Mosaic's GPU simulator on the CPU (slow: tiny shapes only).
     """
-    check_mosaic_inputs(q, CTA_ROWS, block_k)
+    check_mosaic_inputs(q, block_q, block_k)
     b, n, h, d = q.shape
     m = k.shape[1]
     nqb, nkb = -(-n // CTA_ROWS), -(-m // block_k)

@@ -29,8 +29,9 @@ def placement_sources(
     return jnp.where(head_is_temporal[..., None], moved[None, None, :], pos[None, None, :])
 
 
-def _place_select(x: Float[Array, "B N H D"], layout: VideoLayout, head_is_temporal: Bool[Array, "B H"],
-                  inverse: bool) -> Float[Array, "B N H D"]:
+def _place_select(
+    x: Float[Array, "B N H D"], layout: VideoLayout, head_is_temporal: Bool[Array, "B H"], inverse: bool
+) -> Float[Array, "B N H D"]:
     """Transpose the video part and select per head (one fused XLA loop, no gather indices)."""
     b, _, h, d = x.shape
     vs, ve = layout.video_start, layout.video_start + layout.num_video_tokens

@@ -14,7 +14,6 @@ import math
 
 from svg_jax import svg1, svg2
 from svg_jax.attention import AttentionConfig, Method
-from svg_jax.schedulers import UniPCMultistepScheduler
 from svg_jax.svg1 import SVG1Config
 from svg_jax.svg2 import SVG2Config
 
@@ -29,13 +28,10 @@ class GenerationPreset:
     frames: int
     steps: int
     guidance_scale: float
-    flow_shift: float  # UniPC flow shift
+    flow_shift: float  # UniPCMultistepScheduler(flow_shift=...)
     dense_step_fraction: float  # first_times_fp: leading fraction of the steps run dense
     svg1: SVG1Config
     svg2: SVG2Config
-
-    def scheduler(self, flow_shift: float | None = None) -> UniPCMultistepScheduler:
-        return UniPCMultistepScheduler(flow_shift=self.flow_shift if flow_shift is None else flow_shift)
 
 
 def dense_steps_for(fraction: float, steps: int) -> int:

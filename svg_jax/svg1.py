@@ -117,30 +117,21 @@ class SVG1Config:
 
 
 # Presets equal to the official scripts (svg_methods.md §1.4; dense counts after the floor).
-WAN21_T2V_720P = SVG1Config(
-    density=0.30,
-    dense_steps=10,
-    dense_layers=1,
-    first_frame_sink=True,
-    band_rounding="ceil",
-    profile_band_frames=2.0,
-)  # 50 steps
-WAN21_I2V_720P = SVG1Config(
-    density=0.30,
-    dense_steps=14,
-    dense_layers=1,
-    first_frame_sink=True,
-    band_rounding="ceil",
-    profile_band_frames=2.0,
-)  # 40 steps
-WAN21_I2V_480P = SVG1Config(
-    density=0.30,
-    dense_steps=8,
-    dense_layers=1,
-    first_frame_sink=True,
-    band_rounding="ceil",
-    profile_band_frames=2.0,
-)  # 40 steps
+def _wan(dense_steps: int) -> SVG1Config:
+    # wan_*_svg.sh: density 0.30, 1 dense layer, first-frame sink, ceil rounding, 2-frame profiling band.
+    return SVG1Config(
+        density=0.30,
+        dense_steps=dense_steps,
+        dense_layers=1,
+        first_frame_sink=True,
+        band_rounding="ceil",
+        profile_band_frames=2.0,
+    )
+
+
+WAN21_T2V_720P = _wan(dense_steps=10)  # 0.2 of 50 steps
+WAN21_I2V_720P = _wan(dense_steps=14)  # 0.35 of 40 steps
+WAN21_I2V_480P = _wan(dense_steps=8)  # 0.2 of 40 steps
 HUNYUAN_T2V_720P = SVG1Config(
     density=0.25, dense_steps=5, dense_layers=1, band_rounding="floor", profile_band_frames=1.5
 )  # 50 steps

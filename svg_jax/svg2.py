@@ -77,8 +77,14 @@ class SVG2Config:
 def _official(qc: int, kc: int, dense_steps: int, dense_layers: int) -> SVG2Config:
     # Every official *_sap.sh script: top_p 0.9, min_kc_ratio 0.10, 50 init / 2 warm iterations.
     return SVG2Config(
-        num_q_clusters=qc, num_k_clusters=kc, top_p=0.9, min_k_cluster_ratio=0.10,
-        kmeans_init_iters=50, kmeans_warm_iters=2, dense_steps=dense_steps, dense_layers=dense_layers,
+        num_q_clusters=qc,
+        num_k_clusters=kc,
+        top_p=0.9,
+        min_k_cluster_ratio=0.10,
+        kmeans_init_iters=50,
+        kmeans_warm_iters=2,
+        dense_steps=dense_steps,
+        dense_layers=dense_layers,
     )
 
 
@@ -120,8 +126,12 @@ class SVG2Cache:
         cls, num_layers: int, batch: int, heads: int, config: SVG2Config, head_dim: int
     ) -> "SVG2Cache":
         """An empty (cold) cache for ``num_layers`` layers."""
-        for name, value in (("num_layers", num_layers), ("batch", batch), ("heads", heads),
-                            ("head_dim", head_dim)):
+        for name, value in (
+            ("num_layers", num_layers),
+            ("batch", batch),
+            ("heads", heads),
+            ("head_dim", head_dim),
+        ):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"SVG2Cache.create: {name} must be a positive int; got {value!r}")
         lead = (num_layers, batch, heads)
@@ -209,8 +219,10 @@ def _check_call(q, k, v, config, cache, text) -> None:
     if text is not None and text.valid_len is not None and jnp.shape(text.valid_len) != (b,):
         raise ValueError(f"text.valid_len must have shape [B] = ({b},); got {jnp.shape(text.valid_len)}")
     config.check_num_tokens(n - ctx)
-    for name, arr, c in (("q_centroids", cache.q_centroids, config.num_q_clusters),
-                         ("k_centroids", cache.k_centroids, config.num_k_clusters)):
+    for name, arr, c in (
+        ("q_centroids", cache.q_centroids, config.num_q_clusters),
+        ("k_centroids", cache.k_centroids, config.num_k_clusters),
+    ):
         if arr.shape != (b, h, c, d):
             hint = " (pass one layer's slice: cache.layer(i))" if arr.ndim == 5 else ""
             raise ValueError(
@@ -285,18 +297,26 @@ def svg2_plan(
         q_sizes_all, k_sizes_all, cmap_all = q_sizes, k_sizes, cmap
 
     pair = jnp.einsum(
-        "bhi,bhij,bhj->bh", q_sizes_all.astype(jnp.float32), cmap_all.astype(jnp.float32),
-        k_sizes_all.astype(jnp.float32), precision=jax.lax.Precision.HIGHEST,
+        "bhi,bhij,bhj->bh",
+        q_sizes_all.astype(jnp.float32),
+        cmap_all.astype(jnp.float32),
+        k_sizes_all.astype(jnp.float32),
+        precision=jax.lax.Precision.HIGHEST,
     )
     plan = SVG2Plan(
-        q_labels=q_lab, k_labels=k_lab,
+        q_labels=q_lab,
+        k_labels=k_lab,
         q_perm=jnp.argsort(q_lab, axis=-1, stable=True).astype(jnp.int32),
         k_perm=jnp.argsort(k_lab, axis=-1, stable=True).astype(jnp.int32),
-        q_cluster_sizes=q_sizes_all, k_cluster_sizes=k_sizes_all, cluster_map=cmap_all, probs=probs,
+        q_cluster_sizes=q_sizes_all,
+        k_cluster_sizes=k_sizes_all,
+        cluster_map=cmap_all,
+        probs=probs,
     )
     new_cache = SVG2Cache(q_centroids=q_cen, k_centroids=k_cen, warm=jnp.ones((), jnp.bool_))
-    stats = SVG2Stats(density=pair / float(n) ** 2, estimated_recall=recall,
-                      q_kmeans_iters=q_iters, k_kmeans_iters=k_iters)
+    stats = SVG2Stats(
+        density=pair / float(n) ** 2, estimated_recall=recall, q_kmeans_iters=q_iters, k_kmeans_iters=k_iters
+    )
     return plan, new_cache, stats
 
 
@@ -322,8 +342,15 @@ def apply_svg2_plan(
     if text is not None:
         qs, ks, vs = (jnp.concatenate([a, t], axis=1) for a, t in ((qs, qt), (ks, kt), (vs, vt)))
     out = cluster_sparse_attention(
-        qs, ks, vs, plan.q_cluster_sizes, plan.k_cluster_sizes, plan.cluster_map,
-        sm_scale=sm_scale, implementation=implementation, interpret=interpret,
+        qs,
+        ks,
+        vs,
+        plan.q_cluster_sizes,
+        plan.k_cluster_sizes,
+        plan.cluster_map,
+        sm_scale=sm_scale,
+        implementation=implementation,
+        interpret=interpret,
     )  # [B, N, H, D] sorted
     (out_v,) = permute_tokens([out[:, :nv]], inverse_permutation(plan.q_perm), **perm_opts)  # original order
     return _join_text(out_v, out[:, nv:] if text is not None else None, text)
@@ -351,9 +378,17 @@ def svg2_attention(
     """
     _check_call(q, k, v, config, cache, text)
     plan, new_cache, stats = svg2_plan(
-        q, k, config=config, cache=cache, key=key, text=text, sm_scale=sm_scale,
-        implementation=implementation, interpret=interpret,
+        q,
+        k,
+        config=config,
+        cache=cache,
+        key=key,
+        text=text,
+        sm_scale=sm_scale,
+        implementation=implementation,
+        interpret=interpret,
     )
-    out = apply_svg2_plan(q, k, v, plan, text=text, sm_scale=sm_scale, implementation=implementation,
-                          interpret=interpret)
+    out = apply_svg2_plan(
+        q, k, v, plan, text=text, sm_scale=sm_scale, implementation=implementation, interpret=interpret
+    )
     return out, new_cache, stats

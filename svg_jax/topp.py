@@ -20,10 +20,15 @@ def cluster_probabilities(
     SVG2 §2.1.3: ``P_ij ∝ n_j · exp(S_ij)`` with ``S = Cq·Ckᵀ·sm_scale``, i.e. ``softmax(S + log n_k)``;
     an empty key cluster gets exactly 0.
     """
-    s = jnp.einsum(
-        "...id,...jd->...ij", q_centroids.astype(jnp.float32), k_centroids.astype(jnp.float32),
-        precision=jax.lax.Precision.HIGHEST,
-    ) * sm_scale  # [*G, Cq, Ck]
+    s = (
+        jnp.einsum(
+            "...id,...jd->...ij",
+            q_centroids.astype(jnp.float32),
+            k_centroids.astype(jnp.float32),
+            precision=jax.lax.Precision.HIGHEST,
+        )
+        * sm_scale
+    )  # [*G, Cq, Ck]
     log_n = jnp.where(k_sizes > 0, jnp.log(jnp.maximum(k_sizes, 1).astype(jnp.float32)), -jnp.inf)
     return jax.nn.softmax(s + log_n[..., None, :], axis=-1)
 
@@ -47,9 +52,7 @@ def top_p_cluster_map(
     before = jnp.concatenate([jnp.zeros_like(csum[..., :1]), csum[..., :-1]], axis=-1)  # exclusive cumsum
     rank = jnp.arange(ck)
     keep_sorted = (before <= top_p) | (rank < min_clusters)
-    return jnp.put_along_axis(
-        jnp.zeros(probs.shape, jnp.bool_), order, keep_sorted, axis=-1, inplace=False
-    )
+    return jnp.put_along_axis(jnp.zeros(probs.shape, jnp.bool_), order, keep_sorted, axis=-1, inplace=False)
 
 
 def selected_mass(
