@@ -17,7 +17,7 @@ from jax.experimental.pallas import triton as pltriton
 from jaxtyping import Array, Float, Int
 
 from . import checks
-from .block_sparse_attn_mosaic import block_sparse_attention_mosaic, mosaic_supports
+from .block_sparse_attn_mosaic import block_sparse_attention_mosaic
 from .common import (
     TritonConfig,
     default_triton_config,
@@ -26,6 +26,7 @@ from .common import (
     padded_head_dim,
     resolve_implementation,
 )
+from .mosaic_flash import mosaic_supports
 from .reference import block_sparse_attention_reference
 
 LOG2E = math.log2(math.e)

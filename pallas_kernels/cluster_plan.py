@@ -13,6 +13,12 @@ need only the run-end mask. Otherwise (a tile spanning query clusters with diffe
 kernel also masks element by element with ``map[q_label[r], k_label[c]]``. Padded query rows get the
 sentinel label ``Cq`` and padded key rows ``Ck``; their map row / column is all False. Everything is
 ``jnp`` (jittable, no host sync) with static sizes.
+
+``row_align`` > 1 starts each run's first chunk at the multiple of ``row_align`` at or below the run's
+first row (the Mosaic kernel's TMA copies into 8-row tiles need that); the ``lead`` rows before the run
+are masked like the rows past its end. A chunk's code packs ``uniform + 2·valid + LEAD_UNIT·lead +
+SPAN_UNIT·span``: columns ``lead <= c < valid`` belong to the run, and its rows ``0..valid-1`` lie in key
+clusters ``chunk_kfirst .. chunk_kfirst + span`` (``span`` saturates at ``MAX_SPAN``).
 """
 
 import dataclasses
@@ -37,8 +43,13 @@ class ClusterTilePlan:
       cluster_map: int8 ``[B, H, Cq+1, Ck+1]`` the map with empty clusters and the sentinel row/column
         cleared.
       chunk_starts: int32 ``[B, H, nqt, C]`` first key row of each chunk a query tile visits, in order.
-      chunk_codes: int32 ``[B, H, nqt, C]`` ``2·valid_rows + uniform`` of each chunk.
+      chunk_codes: int32 ``[B, H, nqt, C]`` ``uniform + 2·valid + LEAD_UNIT·lead + SPAN_UNIT·span`` of
+        each chunk (:func:`decode_chunk`).
+      chunk_kfirst: int32 ``[B, H, nqt, C]`` key cluster of each chunk's first row.
       chunk_counts: int32 ``[B, H, nqt]`` valid entries of the chunk lists.
+      q_bounds: int32 ``[B, H, Cq+2]`` first row of each query cluster, then ``N`` (where the sentinel
+        cluster starts) and the padded length ``nqt·block_q``.
+      k_bounds: int32 ``[B, H, Ck+2]`` the same for key clusters: ``M`` then ``Mk``.
     """
 
     q_labels: Int[Array, "B H Nq"]
@@ -47,17 +58,38 @@ class ClusterTilePlan:
     chunk_starts: Int[Array, "B H nqt C"]
     chunk_codes: Int[Array, "B H nqt C"]
     chunk_counts: Int[Array, "B H nqt"]
+    chunk_kfirst: Int[Array, "B H nqt C"]
+    q_bounds: Int[Array, "B H Cq2"]
+    k_bounds: Int[Array, "B H Ck2"]
     block_q: int = dataclasses.field(metadata=dict(static=True))
     block_k: int = dataclasses.field(metadata=dict(static=True))
+    row_align: int = dataclasses.field(default=1, metadata=dict(static=True))
 
     def computed_rows(self) -> Int[Array, ""]:
         """Key rows × query tiles the kernel computes (``block_k`` per chunk), for effective FLOP counts."""
         return jnp.sum(self.chunk_counts) * self.block_k
 
 
-def max_chunks(num_k: int, num_k_clusters: int, block_k: int) -> int:
-    """Static bound on chunks per query tile: ``ceil(M/bk)`` plus one partial chunk per run."""
-    return -(-num_k // block_k) + (num_k_clusters + 1) // 2
+LEAD_UNIT = 1 << 10  # chunk code = uniform + 2·valid + LEAD_UNIT·lead + SPAN_UNIT·span (valid <= 256 < 512)
+SPAN_UNIT = 1 << 20  # lead < block_k <= 256 < 1024
+MAX_SPAN = 255
+
+
+def decode_chunk(code):
+    """``(lead, valid, uniform)`` of a chunk code: columns ``lead <= c < valid`` are the run's rows."""
+    return (code // LEAD_UNIT) % (SPAN_UNIT // LEAD_UNIT), (code % LEAD_UNIT) // 2, code % 2
+
+
+def decode_span(code):
+    """Key clusters a chunk's rows ``0..valid-1`` span past its first one (saturating at ``MAX_SPAN``)."""
+    return code // SPAN_UNIT
+
+
+def max_chunks(num_k: int, num_k_clusters: int, block_k: int, row_align: int = 1) -> int:
+    """Static bound on chunks per query tile: ``ceil((M + runs·(align-1))/bk)`` plus one partial chunk
+    per run (at most ``(Ck+1)//2`` runs)."""
+    runs = (num_k_clusters + 1) // 2
+    return -(-(num_k + runs * (row_align - 1)) // block_k) + runs
 
 
 def _prefix(x: Array, axis: int) -> Array:
@@ -79,6 +111,12 @@ def _compact(flags: Bool[Array, "G T C"], width: int) -> Int[Array, "G T W"]:
     return jnp.zeros((g, t, width), jnp.int32).at[gi, ti, target].set(pos, mode="drop")
 
 
+def _bounds(sizes: Array, total: int, padded: int) -> Array:
+    """``[G, C+2]`` first row of each cluster, then ``total`` (the sentinel cluster) and ``padded``."""
+    edge = lambda x: jnp.full((sizes.shape[0], 1), x, jnp.int32)
+    return jnp.concatenate([_prefix(sizes, 1)[:, :-1], edge(total), edge(padded)], axis=-1)
+
+
 def _neighbours(nonempty: Bool[Array, "G C"]) -> tuple[Array, Array]:
     """Index of the previous / next non-empty cluster of each cluster (-1 / C when there is none)."""
     c = nonempty.shape[-1]
@@ -90,12 +128,12 @@ def _neighbours(nonempty: Bool[Array, "G C"]) -> tuple[Array, Array]:
     return prev, nxt
 
 
-def _plan(q_sizes, k_sizes, cmap, *, num_q: int, num_k: int, block_q: int, block_k: int):
+def _plan(q_sizes, k_sizes, cmap, *, num_q: int, num_k: int, block_q: int, block_k: int, row_align: int):
     """Plan for G = B·H groups: q_sizes ``[G, Cq]``, k_sizes ``[G, Ck]``, cmap ``[G, Cq, Ck]``."""
     g = q_sizes.shape[0]
     ck = k_sizes.shape[1]
     nqt = -(-num_q // block_q)
-    width = max_chunks(num_k, ck, block_k)
+    width = max_chunks(num_k, ck, block_k, row_align)
     max_runs = (ck + 1) // 2
     q_lab = cluster_labels(q_sizes, nqt * block_q)  # [G, Nq_pad]; rows past num_q get Cq
     k_lab = cluster_labels(k_sizes, num_k + block_k)  # [G, M + bk]; rows past num_k get Ck
@@ -129,7 +167,8 @@ def _plan(q_sizes, k_sizes, cmap, *, num_q: int, num_k: int, block_q: int, block
     k_start = k_end - k_sizes
     at = lambda table, idx: jnp.take_along_axis(table[:, None, :], idx, axis=2)  # [G, nqt, R]
     run_valid = jnp.arange(max_runs)[None, None, :] < num_runs[:, :, None]
-    row_start = at(k_start, run_first)
+    row_first = at(k_start, run_first)
+    row_start = row_first - row_first % row_align  # the first chunk starts `lead` rows early
     row_end = jnp.where(run_valid, at(k_end, run_last), row_start)
     p_mixed = _prefix(mixed.astype(jnp.int32), axis=2)  # [G, nqt, Ck+1]
     mixed_in_run = jnp.take_along_axis(p_mixed, run_last + 1, 2) - jnp.take_along_axis(p_mixed, run_first, 2)
@@ -148,12 +187,18 @@ def _plan(q_sizes, k_sizes, cmap, *, num_q: int, num_k: int, block_q: int, block
     within = jnp.arange(width)[None, None, :] - chunk_begin
     starts_row = jnp.take_along_axis(row_start, run_of, axis=2) + within * block_k
     valid = jnp.clip(jnp.take_along_axis(row_end, run_of, axis=2) - starts_row, 0, block_k)
-    code = 2 * valid + jnp.take_along_axis(uniform, run_of, axis=2).astype(jnp.int32)
+    lead = jnp.where(within == 0, jnp.take_along_axis(row_first - row_start, run_of, axis=2), 0)
+    code = 2 * valid + jnp.take_along_axis(uniform, run_of, axis=2).astype(jnp.int32) + LEAD_UNIT * lead
     in_list = jnp.arange(width)[None, None, :] < counts[:, :, None]
     starts_row = jnp.where(in_list, starts_row, 0).astype(jnp.int32)
-    code = jnp.where(in_list, code, 0).astype(jnp.int32)
+    label_at = lambda rows: jnp.take_along_axis(k_lab, rows.reshape(g, -1), axis=1).reshape(rows.shape)
+    kfirst = label_at(starts_row)
+    span = jnp.minimum(label_at(starts_row + jnp.maximum(valid, 1) - 1) - kfirst, MAX_SPAN)
+    code = jnp.where(in_list, code + SPAN_UNIT * span, 0).astype(jnp.int32)
     map_ext = jnp.pad(live, ((0, 0), (0, 1), (0, 1))).astype(jnp.int8)  # sentinel row/column stay False
-    return q_lab, k_lab, map_ext, starts_row, code, counts
+    q_bounds = _bounds(q_sizes, num_q, nqt * block_q)
+    k_bounds = _bounds(k_sizes, num_k, num_k + block_k)
+    return q_lab, k_lab, map_ext, starts_row, code, counts, kfirst, q_bounds, k_bounds
 
 
 def cluster_tile_plan(
@@ -165,8 +210,12 @@ def cluster_tile_plan(
     num_k: int,
     block_q: int,
     block_k: int,
+    row_align: int = 1,
 ) -> ClusterTilePlan:
-    """Build the :class:`ClusterTilePlan` for ``block_q``-row query tiles and ``block_k``-row key chunks."""
+    """Build the :class:`ClusterTilePlan` for ``block_q``-row query tiles and ``block_k``-row key chunks
+    whose runs start at multiples of ``row_align``."""
+    if row_align < 1 or row_align > block_k:
+        raise ValueError(f"row_align must be in [1, block_k={block_k}]; got {row_align}")
     b, h = q_cluster_sizes.shape[:2]
     flat = lambda x: x.reshape(b * h, *x.shape[2:])
     outs = _plan(
@@ -177,5 +226,6 @@ def cluster_tile_plan(
         num_k=num_k,
         block_q=block_q,
         block_k=block_k,
+        row_align=row_align,
     )
-    return ClusterTilePlan(*(x.reshape(b, h, *x.shape[1:]) for x in outs), block_q, block_k)
+    return ClusterTilePlan(*(x.reshape(b, h, *x.shape[1:]) for x in outs), block_q, block_k, row_align)

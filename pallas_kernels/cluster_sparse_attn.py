@@ -26,12 +26,22 @@ from .block_sparse_attn import (
     online_softmax_step,
     qk_logits,
 )
-from .cluster_plan import ClusterTilePlan, cluster_tile_plan
+from .cluster_plan import ClusterTilePlan, cluster_tile_plan, decode_chunk
+from .cluster_sparse_attn_mosaic import ROW_ALIGN, cluster_sparse_attention_mosaic, mosaic_plan_ok
 from .common import TritonConfig, default_triton_config, pad_axis, padded_head_dim, resolve_implementation
+from .mosaic_flash import CTA_ROWS, mosaic_supports
 from .reference import cluster_sparse_attention_reference
 
-DEFAULT_BLOCK_Q = 64  # 64×64 measured fastest on H100 (docs/benchmarks.md)
+DEFAULT_BLOCK_Q = 64  # Triton: 64×64 measured fastest on H100 (docs/benchmarks.md)
 DEFAULT_BLOCK_K = 64
+MOSAIC_BLOCK_K = 64  # Mosaic: 128-row query tiles (fixed), 64-row key chunks
+
+
+def default_blocks(implementation: str, block_q: int | None, block_k: int | None) -> tuple[int, int, int]:
+    """``(block_q, block_k, row_align)`` of the plan for a resolved implementation (None: its default)."""
+    if implementation == "pallas_mosaic":
+        return block_q or CTA_ROWS, block_k or MOSAIC_BLOCK_K, ROW_ALIGN
+    return block_q or DEFAULT_BLOCK_Q, block_k or DEFAULT_BLOCK_K, 1
 
 
 def _tile_mask(map_ref, q_lab, k_lab, lo, hi):
@@ -76,11 +86,12 @@ def _kernel(
     def body(j, carry):
         start = jnp.clip(start_ref[j], 0, max_start)  # a run's row: any offset, never out of bounds
         code = code_ref[j]
-        valid, uniform = jax.lax.div(code, 2), jax.lax.rem(code, 2)
+        lead, valid, uniform = decode_chunk(code)
         k = k_ref[pl.ds(start, block_k), :]  # [bk, D]
         v = v_ref[pl.ds(start, block_k), :]  # [bk, D]
         s = qk_logits(q, k, scale_log2)  # [bq, bk]
-        s = jnp.where(jax.lax.broadcasted_iota(jnp.int32, (1, block_k), 1) < valid, s, -jnp.inf)
+        cols = jax.lax.broadcasted_iota(jnp.int32, (1, block_k), 1)
+        s = jnp.where((cols >= lead) & (cols < valid), s, -jnp.inf)
 
         def mask(s):  # the tile's query clusters disagree on this run: exact element mask
             allowed = _tile_mask(map_ref, q_lab, klab_ref[pl.ds(start, block_k)], lo, hi)
@@ -168,8 +179,8 @@ def cluster_sparse_attention(
     sm_scale: float | None = None,
     implementation: str = "auto",
     interpret: bool | None = None,
-    block_q: int = DEFAULT_BLOCK_Q,
-    block_k: int = DEFAULT_BLOCK_K,
+    block_q: int | None = None,
+    block_k: int | None = None,
     config: TritonConfig | None = None,
 ) -> Float[Array, "B N H D"]:
     """Attention where each query row of cluster ``i`` sees the key rows of each cluster ``j`` with map[i, j].
@@ -181,17 +192,22 @@ def cluster_sparse_attention(
     Tiling scheme (see the module docstring): fixed ``block_q`` × ``block_k`` tiles over the sorted
     sequences, a per-query-tile list of key tiles built on device by :func:`cluster_tile_plan`, and an
     exact element mask only on tiles that straddle a cluster boundary with a mixed selection. ``block_q``
-    and ``block_k`` (powers of two) and ``config`` change speed, never the result.
+    and ``block_k`` (powers of two; None: the implementation's default) and ``config`` change speed,
+    never the result.
 
-    ``implementation``: ``"xla"`` (dense-masked oracle), ``"pallas_triton"`` or ``"auto"`` (Triton on GPU,
-    XLA on CPU). ``interpret`` defaults to True off-GPU.
+    ``implementation``: ``"xla"`` (dense-masked oracle), ``"pallas_triton"`` (default tiles 64×64),
+    ``"pallas_mosaic"`` (Hopper: Mosaic GPU, 128-row query tiles, 64- or 128-row key chunks, bf16/f16, D a
+    multiple of 64; see ``cluster_sparse_attn_mosaic``) or ``"auto"`` (Mosaic on Hopper when the inputs
+    qualify, else Triton on GPU, XLA on CPU). ``interpret`` defaults to True off-GPU (Triton only).
     """
     checks.check_qkv(q, k, v)
-    checks.check_block_size("block_q", block_q)
-    checks.check_block_size("block_k", block_k)
+    for name, size in (("block_q", block_q), ("block_k", block_k)):
+        if size is not None:
+            checks.check_block_size(name, size)
     check_cluster_inputs(q, k, q_cluster_sizes, k_cluster_sizes, cluster_map)
     sm_scale = checks.default_sm_scale(q) if sm_scale is None else float(sm_scale)
-    impl = resolve_implementation(implementation)
+    mosaic_ok = mosaic_supports(q, *default_blocks("pallas_mosaic", block_q, block_k)[:2])
+    impl = resolve_implementation(implementation, mosaic_ok=mosaic_ok)
     if impl == "xla":
         return cluster_sparse_attention_reference(
             q, k, v, q_cluster_sizes, k_cluster_sizes, cluster_map, sm_scale=sm_scale
@@ -202,11 +218,10 @@ def cluster_sparse_attention(
         cluster_map,
         num_q=q.shape[1],
         num_k=k.shape[1],
-        block_q=block_q,
-        block_k=block_k,
+        **dict(zip(("block_q", "block_k", "row_align"), default_blocks(impl, block_q, block_k), strict=True)),
     )
     return cluster_sparse_attention_from_plan(
-        q, k, v, plan, sm_scale=sm_scale, interpret=interpret, config=config
+        q, k, v, plan, sm_scale=sm_scale, implementation=impl, interpret=interpret, config=config
     )
 
 
@@ -217,10 +232,15 @@ def cluster_sparse_attention_from_plan(
     plan: ClusterTilePlan,
     *,
     sm_scale: float | None = None,
+    implementation: str = "auto",
     interpret: bool | None = None,
     config: TritonConfig | None = None,
 ) -> Float[Array, "B N H D"]:
-    """Run the Triton kernel on a plan from :func:`cluster_tile_plan` (to time or reuse the plan apart)."""
+    """Run a Pallas kernel on a plan from :func:`cluster_tile_plan` (to time or reuse the plan apart).
+
+    ``implementation``: ``"pallas_mosaic"`` (plans with ``block_q=128`` and ``row_align=8``),
+    ``"pallas_triton"``, or ``"auto"`` (Mosaic on Hopper when the plan and inputs qualify, else Triton).
+    """
     checks.check_qkv(q, k, v)
     b, n, h, d = q.shape
     m = k.shape[1]
@@ -233,6 +253,15 @@ def cluster_sparse_attention_from_plan(
             f"with (B, H)={plan.q_labels.shape[:2]}; got {q.shape=} and {k.shape=}"
         )
     sm_scale = checks.default_sm_scale(q) if sm_scale is None else float(sm_scale)
+    if implementation == "xla":
+        raise ValueError(
+            "implementation='xla' takes cluster sizes, not a plan: call cluster_sparse_attention instead"
+        )
+    impl = resolve_implementation(implementation, mosaic_ok=mosaic_plan_ok(q, plan))
+    if impl == "xla":  # 'auto' off-GPU: the plan's kernel runs interpreted
+        impl = "pallas_triton"
+    if impl == "pallas_mosaic":
+        return cluster_sparse_attention_mosaic(q, k, v, plan, sm_scale=sm_scale)
     interpret = (jax.default_backend() != "gpu") if interpret is None else interpret
     dp = padded_head_dim(d)
     qp = pad_axis(pad_axis(q, 1, nqt * block_q), 3, dp)

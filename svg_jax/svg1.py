@@ -19,8 +19,8 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
 from svg_jax.pallas_kernels import block_mask_to_indices, block_sparse_attention, masked_attention_reference
-from svg_jax.pallas_kernels.block_sparse_attn_mosaic import mosaic_supports
 from svg_jax.pallas_kernels.common import resolve_implementation
+from svg_jax.pallas_kernels.mosaic_flash import mosaic_supports
 
 from .layout import TextTokens, VideoLayout
 from .placement import PermuteImplementation, place_heads

@@ -13,9 +13,14 @@ from kernel_utils import REL_TOL, assert_close, random_cluster_sizes, random_qkv
 from svg_jax.pallas_kernels import (
     cluster_map_to_mask,
     cluster_sparse_attention,
+    cluster_sparse_attention_from_plan,
     cluster_sparse_attention_reference,
     cluster_tile_plan,
 )
+from svg_jax.pallas_kernels.cluster_plan import MAX_SPAN, decode_chunk, decode_span
+from svg_jax.pallas_kernels.common import is_hopper
+
+PLAN_STATIC = ("num_q", "num_k", "block_q", "block_k", "row_align")
 
 
 def random_problem(seed, b, n, m, h, cq, ck, density, zero_frac=0.2):
@@ -124,15 +129,16 @@ def test_rows_of_unselecting_clusters_are_zero(interpret):
     cq=st.integers(1, 15),
     ck=st.integers(1, 30),
     density=st.floats(0.0, 1.0),
+    row_align=st.sampled_from([1, 8, 16]),
     seed=st.integers(0, 2**16),
 )
-def test_plan_is_exact(n, m, cq, ck, density, seed):
+def test_plan_is_exact(n, m, cq, ck, density, row_align, seed):
     """Each query tile's chunks cover exactly the keys some of its rows may see, each key once;
-    a uniform chunk is allowed for every real row of the tile."""
+    a uniform chunk is allowed for every real row of the tile; chunks start at multiples of row_align."""
     b, h, bq, bk = 1, 2, 32, 16
     qs, ks, cmap = random_problem(seed, b, n, m, h, cq, ck, density)
-    plan = jax.jit(cluster_tile_plan, static_argnames=("num_q", "num_k", "block_q", "block_k"))(
-        qs, ks, cmap, num_q=n, num_k=m, block_q=bq, block_k=bk
+    plan = jax.jit(cluster_tile_plan, static_argnames=PLAN_STATIC)(
+        qs, ks, cmap, num_q=n, num_k=m, block_q=bq, block_k=bk, row_align=row_align
     )
     mask = np.asarray(
         jax.jit(cluster_map_to_mask, static_argnames=("num_q", "num_k"))(qs, ks, cmap, num_q=n, num_k=m)
@@ -144,11 +150,16 @@ def test_plan_is_exact(n, m, cq, ck, density, seed):
             rows = mask[0, hi, t * bq : (t + 1) * bq]  # real rows of the tile
             covered = np.zeros(m, int)
             for j in range(counts[0, hi, t]):
-                start, valid, uniform = starts[0, hi, t, j], codes[0, hi, t, j] // 2, codes[0, hi, t, j] % 2
-                assert 1 <= valid <= bk and start + valid <= m
-                covered[start : start + valid] += 1
+                start = starts[0, hi, t, j]
+                lead, valid, uniform = (int(x) for x in decode_chunk(codes[0, hi, t, j]))
+                assert 0 <= lead < valid <= bk and start + valid <= m and start % row_align == 0
+                assert lead == 0 or row_align > 1
+                labels = np.asarray(plan.k_labels)[0, hi, start : start + valid]
+                assert plan.chunk_kfirst[0, hi, t, j] == labels[0]
+                assert decode_span(codes[0, hi, t, j]) == min(labels[-1] - labels[0], MAX_SPAN)
+                covered[start + lead : start + valid] += 1
                 if uniform:
-                    assert rows[:, start : start + valid].all()
+                    assert rows[:, start + lead : start + valid].all()
             assert covered.max(initial=0) <= 1, "a key row is visited twice"
             np.testing.assert_array_equal(covered.astype(bool), rows.any(axis=0))
 
@@ -163,3 +174,85 @@ def test_gpu_large_random(dtype, density):
     qs, ks, cmap = random_problem(9, b, n, n, h, 30, 100, density)
     out, ref = run_both(q, k, v, qs, ks, cmap, interpret=False, block_q=128, block_k=64)
     assert_close(out, ref, dtype)
+
+
+@given(
+    n=st.integers(1, 200),
+    m=st.integers(1, 200),
+    cq=st.integers(1, 10),
+    ck=st.integers(1, 20),
+    density=st.sampled_from([0.0, 0.3, 0.7]),
+    seed=st.integers(0, 2**16),
+)
+def test_fuzz_aligned_plan(n, m, cq, ck, density, seed):
+    """Plans whose runs start at multiples of 8 (the Mosaic kernel's) stay exact: the lead rows are masked."""
+    b, h, d = 1, 2, 64
+    q, k, v = random_qkv(seed, b, n, m, h, d)
+    qs, ks, cmap = random_problem(seed + 1, b, n, m, h, cq, ck, density)
+    plan = jax.jit(cluster_tile_plan, static_argnames=PLAN_STATIC)(
+        qs, ks, cmap, num_q=n, num_k=m, block_q=32, block_k=16, row_align=8
+    )
+    kernel = functools.partial(
+        cluster_sparse_attention_from_plan, implementation="pallas_triton", interpret=True
+    )
+    out = jax.jit(kernel)(q, k, v, plan)
+    ref = jax.jit(cluster_sparse_attention_reference)(q, k, v, qs, ks, cmap)
+    assert_close(out, ref, jnp.float32)
+
+
+# Mosaic GPU (Hopper) kernel: compiled on the GPU only (Mosaic's CPU simulator cannot run wgmma in
+# registers); the argument checks run everywhere.
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16], ids=["bf16", "f16"])
+@pytest.mark.parametrize(
+    "b, h, n, m, d, cq, ck, block_k, density",
+    [
+        (1, 2, 300, 260, 64, 5, 7, 64, 0.5),  # ragged, D 64, few big clusters
+        (2, 3, 1000, 777, 128, 12, 40, 64, 0.3),  # B and H > 1, many small clusters (mixed chunks)
+        (1, 2, 700, 900, 128, 9, 25, 128, 0.4),  # 128-row key chunks, M > N
+        (1, 4, 4100, 4100, 128, 30, 100, 64, 0.13),  # video-like: 300x1000-style small clusters
+        (1, 2, 2000, 2000, 128, 20, 60, 64, 1.0),  # everything selected: equals dense attention
+        (1, 2, 600, 600, 64, 60, 200, 64, 0.3),  # tiny clusters: tiles past the packed-bit fast path
+    ],
+)
+def test_gpu_mosaic_matches_reference(dtype, b, h, n, m, d, cq, ck, block_k, density):
+    if not is_hopper():
+        pytest.skip("the Mosaic kernel needs an sm90 GPU")
+    q, k, v = random_qkv(21, b, n, m, h, d, dtype)
+    qs, ks, cmap = random_problem(22, b, n, m, h, cq, ck, density)
+    cmap = cmap.at[:, :, 0].set(False)  # query cluster 0 selects nothing: its rows are zeros
+    opts = dict(implementation="pallas_mosaic", block_q=128, block_k=block_k)
+    out = jax.jit(functools.partial(cluster_sparse_attention, **opts))(q, k, v, qs, ks, cmap)
+    ref = jax.jit(cluster_sparse_attention_reference)(q, k, v, qs, ks, cmap)
+    assert_close(out, ref, dtype)
+    first = int(qs[0, 0, 0])
+    assert float(jnp.abs(out[0, :first, 0].astype(jnp.float32)).max(initial=0.0)) == 0.0
+    if block_k == 64:  # 'auto' picks Mosaic on Hopper with its default tiles
+        auto = jax.jit(cluster_sparse_attention)(q, k, v, qs, ks, cmap)
+        np.testing.assert_array_equal(np.asarray(auto), np.asarray(out))
+
+
+@pytest.mark.parametrize(
+    "dtype, d, block_q, block_k, match",
+    [
+        (jnp.float32, 128, None, None, "takes bf16 or f16"),
+        (jnp.bfloat16, 96, None, None, "multiple of 64"),
+        (jnp.bfloat16, 128, 64, None, "needs block_q=128"),
+        (jnp.bfloat16, 128, None, 32, "block_k 64 or 128"),
+    ],
+)
+def test_mosaic_refuses_unsupported_inputs(dtype, d, block_q, block_k, match):
+    q, k, v = random_qkv(23, 1, 256, 256, 1, d, dtype)
+    qs, ks, cmap = random_problem(24, 1, 256, 256, 1, 3, 4, 0.5)
+    with pytest.raises(ValueError, match=match):
+        cluster_sparse_attention(
+            q, k, v, qs, ks, cmap, block_q=block_q, block_k=block_k, implementation="pallas_mosaic"
+        )
+
+
+def test_mosaic_refuses_unaligned_plan():
+    q, k, v = random_qkv(25, 1, 256, 256, 1, 128, jnp.bfloat16)
+    qs, ks, cmap = random_problem(26, 1, 256, 256, 1, 3, 4, 0.5)
+    plan = cluster_tile_plan(qs, ks, cmap, num_q=256, num_k=256, block_q=128, block_k=64)
+    with pytest.raises(ValueError, match="row_align=8"):
+        cluster_sparse_attention_from_plan(q, k, v, plan, implementation="pallas_mosaic")

@@ -1,0 +1,186 @@
+"""Cluster (variable-block) sparse attention for Hopper: the chunk plan walked by the Mosaic GPU engine.
+
+Same contract and plan as the Triton kernel (:mod:`.cluster_sparse_attn`, :mod:`.cluster_plan`), with
+128-row query tiles (two 64-row warpgroups, :mod:`.mosaic_flash`): the producer streams each chunk's
+``block_k`` key rows by TMA from the chunk's first row (a multiple of 8: TMA into 8-row shared-memory
+tiles; the plan is built with ``row_align=8``), and the compute warpgroups mask
+
+* the rows before the run's first row and past its end (``lead <= cols < valid``), on every chunk;
+* on a *mixed* chunk only (the tile's query clusters disagree on the run), everything their own cluster
+  does not select. Clusters are contiguous row ranges on both sides, so the allowed set of a warpgroup is
+  a union of rectangles ``rows of query cluster u × columns of key cluster j`` over the selected pairs
+  ``(u, j)``: the warpgroup loops over its own query clusters (usually one or two) and, inside, over the
+  key clusters the chunk touches, comparing row and column index vectors with the cluster bounds (scalars
+  read from global memory). No gather is needed, and uniform chunks skip both loops.
+
+Everything past the plan is exact: a row whose clusters select nothing outputs zeros.
+"""
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import mosaic_gpu as plgpu
+from jaxtyping import Array, Float
+
+from .cluster_plan import ClusterTilePlan, decode_chunk, decode_span
+from .common import pad_axis
+from .mosaic_flash import COL, CTA_ROWS, ROW, WG_ROWS, TileMask, check_mosaic_inputs, sparse_flash_mosaic
+
+ROW_ALIGN = 8  # TMA copies into (8, 64)-tiled shared memory start at a multiple of 8 rows
+FAST_Q, FAST_K = 4, 8  # fast path: <= 4 query clusters per tile x <= 8 key clusters per chunk = 32 bits
+
+
+def check_mosaic_plan(q: jax.Array, plan: ClusterTilePlan) -> None:
+    """The plans the Mosaic kernel takes; raises with the reason."""
+    check_mosaic_inputs(q, plan.block_q, plan.block_k)
+    if plan.row_align % ROW_ALIGN:
+        raise ValueError(
+            f"implementation='pallas_mosaic' needs a plan built with row_align={ROW_ALIGN} (its TMA copies "
+            f"start at multiples of {ROW_ALIGN} rows); got row_align={plan.row_align}"
+        )
+
+
+def tile_nibbles(plan: ClusterTilePlan) -> jax.Array:
+    """``[B, H, nqt, Ck+1]`` int32: bit ``s`` of entry ``(t, j)`` is ``map[lo_t + s, j]`` for ``s < FAST_Q``,
+    where ``lo_t`` is the first query cluster of tile ``t`` (the fast path's packed map rows)."""
+    cmap = plan.cluster_map  # [B, H, Cq+1, Ck+1], sentinel row Cq all False
+    lo = plan.q_labels[:, :, :: plan.block_q]  # [B, H, nqt]
+    shape = (*lo.shape, cmap.shape[3])
+    nib = jnp.zeros(shape, jnp.int32)
+    for s in range(FAST_Q):
+        rows = jnp.broadcast_to(jnp.minimum(lo + s, cmap.shape[2] - 1)[..., None], shape)
+        nib = nib | (jnp.take_along_axis(cmap, rows, axis=2).astype(jnp.int32) << s)
+    return nib
+
+
+def _cluster_mask(tables, at, row0, *, block_k: int) -> TileMask:
+    """The engine's mask: the run's columns on every chunk; on mixed chunks the packed-bit selection of
+    each row's query cluster, or the rectangle union where the tile or chunk has too many clusters."""
+    starts, codes, _, kfirst, q_lab, k_lab, q_first, k_first, cmap, nibbles = tables
+    b, h, t = at
+    width, ck_last = starts.shape[-1], nibbles.shape[-1] - 1
+    u_lo = q_lab[b, h, row0]  # the warpgroup's query clusters: u_lo..u_hi (rows are sorted)
+    u_hi = q_lab[b, h, row0 + WG_ROWS - 1]
+    tile_lo = q_lab[b, h, t * CTA_ROWS]
+    rows_fit = (u_hi - tile_lo < FAST_Q).astype(jnp.int32)
+    row_slot = plgpu.load(q_lab.at[b, h, pl.ds(row0, WG_ROWS)], layout=ROW, optimized=False) - tile_lo
+    row_slot = jnp.minimum(row_slot, FAST_Q - 1)  # only rows of a tile that takes the slow path exceed it
+
+    def stage1(j):
+        j = jnp.minimum(j, width - 1)
+        return starts[b, h, t, j], codes[b, h, t, j], kfirst[b, h, t, j]
+
+    def stage2(j, first):
+        start, _, j_lo = first
+        words = tuple(nibbles[b, h, t, jnp.minimum(j_lo + i, ck_last)] for i in range(FAST_K))
+        col_lab = plgpu.load(k_lab.at[b, h, pl.ds(start, block_k)], layout=COL, optimized=False)
+        return words, col_lab
+
+    def apply(first, second, s):
+        start, code, j_lo = first
+        words, col_lab = second
+        lead, valid, uniform = decode_chunk(code)
+        cols = plgpu.broadcasted_iota(jnp.int32, s.shape, 1, layout=plgpu.Layout.WGMMA)
+        s = jnp.where((cols >= lead) & (cols < valid), s, -jnp.inf)
+        mixed = 1 - uniform
+        fast = mixed * rows_fit * (decode_span(code) < FAST_K).astype(jnp.int32)
+
+        def fast_mask(_, s):  # bit (key slot·FAST_Q + query slot) of the packed map says "selected"
+            bits = words[0]
+            for i in range(1, FAST_K):
+                bits = bits | (words[i] << (FAST_Q * i))
+            k_slot = jnp.clip(col_lab - j_lo, 0, FAST_K - 1) * FAST_Q
+            shift = lax.broadcast_in_dim(k_slot, s.shape, [1]) + lax.broadcast_in_dim(row_slot, s.shape, [0])
+            keep = lax.shift_right_logical(jnp.full(s.shape, bits, jnp.int32), shift) & 1
+            return jnp.where(keep != 0, s, -jnp.inf)
+
+        s = lax.fori_loop(0, fast, fast_mask, s)  # 0 or 1 trips
+
+        def slow_mask(_, s):  # rows of u × columns of each key cluster u selects, from the bounds
+            rows = plgpu.broadcasted_iota(jnp.int32, (WG_ROWS,), 0, layout=ROW) + row0
+            keys = plgpu.broadcasted_iota(jnp.int32, (block_k,), 0, layout=COL) + start
+            j_hi = k_lab[b, h, start + jnp.maximum(valid, 1) - 1]
+
+            def query_cluster(i, allowed):
+                u = u_lo + i
+                in_u = (rows >= q_first[b, h, u]) & (rows < q_first[b, h, u + 1])
+
+                def key_cluster(jc, sel):
+                    lo = k_first[b, h, jc]
+                    hi = jnp.where(cmap[b, h, u, jc] != 0, k_first[b, h, jc + 1], lo)  # empty unless selected
+                    return sel | ((keys >= lo) & (keys < hi)).astype(jnp.int32)
+
+                sel = lax.fori_loop(j_lo, j_hi + 1, key_cluster, jnp.zeros((block_k,), jnp.int32))
+                both = lax.broadcast_in_dim(in_u.astype(jnp.int32), s.shape, [0])
+                return allowed | (both & lax.broadcast_in_dim(sel, s.shape, [1]))
+
+            allowed = lax.fori_loop(0, u_hi - u_lo + 1, query_cluster, jnp.zeros(s.shape, jnp.int32))
+            return jnp.where(allowed != 0, s, -jnp.inf)
+
+        return lax.fori_loop(0, mixed - fast, slow_mask, s)  # 0 or 1 trips
+
+    return TileMask(stage1, stage2, apply)
+
+
+def cluster_sparse_attention_mosaic(
+    q: Float[Array, "B N H D"],
+    k: Float[Array, "B M H D"],
+    v: Float[Array, "B M H D"],
+    plan: ClusterTilePlan,
+    *,
+    sm_scale: float,
+    num_stages: int = 2,
+) -> Float[Array, "B N H D"]:
+    """Run the Mosaic kernel on a plan built with ``block_q=128``, ``block_k`` 64 or 128 and ``row_align=8``
+    (``cluster_sparse_attention_from_plan`` checks that the plan fits q/k first)."""
+    check_mosaic_plan(q, plan)
+    n = q.shape[1]
+    bk = plan.block_k
+    nqt, width = plan.chunk_starts.shape[2:]
+    mk = plan.k_labels.shape[2]  # M + block_k: a chunk starting at any key row stays in bounds
+    qp = pad_axis(q, 1, nqt * CTA_ROWS)
+    mk_pad = -(-mk // ROW_ALIGN) * ROW_ALIGN  # TMA wants whole 8-row tiles in the global array too
+    kp, vp = pad_axis(k, 1, mk_pad), pad_axis(v, 1, mk_pad)
+    ck = plan.cluster_map.shape[3] - 1  # the sentinel key cluster
+    tables = (
+        plan.chunk_starts,
+        plan.chunk_codes,
+        plan.chunk_counts,
+        plan.chunk_kfirst,
+        plan.q_labels,  # rows of nqt·128: vector loads stay aligned
+        jnp.pad(plan.k_labels, ((0, 0), (0, 0), (0, mk_pad - mk)), constant_values=ck),  # aligned rows too
+        plan.q_bounds,
+        plan.k_bounds,
+        plan.cluster_map.astype(jnp.int32),
+        tile_nibbles(plan),
+    )
+
+    def count(tables, at):
+        return jnp.clip(tables[2][at], 0, width)
+
+    def key_row(tables, at, j):  # a multiple of ROW_ALIGN the compiler can see (TMA into 8-row tiles)
+        return lax.div(jnp.clip(tables[0][(*at, j)], 0, mk - bk), ROW_ALIGN) * ROW_ALIGN
+
+    out = sparse_flash_mosaic(
+        tables,
+        qp,
+        kp,
+        vp,
+        count=count,
+        key_row=key_row,
+        make_mask=lambda tables, at, row0: _cluster_mask(tables, at, row0, block_k=bk),
+        block_k=bk,
+        sm_scale=sm_scale,
+        num_stages=num_stages,
+    )
+    return out[:, :n]
+
+
+def mosaic_plan_ok(q: jax.Array, plan: ClusterTilePlan) -> bool:
+    """Whether the Mosaic kernel takes this plan and these inputs (what 'auto' asks on Hopper)."""
+    try:
+        check_mosaic_plan(q, plan)
+    except ValueError:
+        return False
+    return True

@@ -1,0 +1,251 @@
+"""The Hopper sparse-attention engine both Mosaic GPU kernels share: a CTA walks a list of key tiles.
+
+A kernel supplies three functions of its index tables (GMEM int32 refs read as scalars):
+
+* ``count(tables, at)``: how many key tiles the CTA at ``at = (batch, head, q_tile)`` visits;
+* ``key_row(tables, at, j)``: the first key row of its ``j``-th tile (any row: TMA takes any offset);
+* ``make_mask(tables, at, row0)`` (optional): called once per compute warpgroup (``row0`` = its first
+  query row) and returning a :class:`TileMask` ``(stage1, stage2, apply)``: ``stage1(j)`` loads what
+  tile ``j`` needs from the tables, ``stage2(j, first)`` what depends on those values, and
+  ``apply(first, second, s)`` masks the ``[64, block_k]`` logits. The engine pipelines the loads: step
+  ``j`` issues ``stage2`` of tile ``j`` (its inputs came one step earlier) and ``stage1`` of tile
+  ``j + 1`` before its ``Q Kᵀ``, and uses them after it, so the loads hide under the matrix multiply
+  and only ``stage1``'s few scalars ride in the loop carry (``j`` may pass the list end: clamp).
+
+One CTA per ``(head, query tile, batch)`` runs three warpgroups (the FlashAttention-3 structure):
+
+* warpgroup 2 is the producer: it streams the listed K and V tiles into a ring of ``num_stages``
+  shared-memory slots with TMA, waiting on the consumers' "slot free" barriers before reusing a slot;
+* warpgroups 0 and 1 each own 64 query rows: ``S = Q Kᵀ`` by wgmma from shared memory, base-2 online
+  softmax in registers, ``O += P V`` by wgmma with ``P`` in registers; a shared "schedule" barrier
+  alternates them so one warpgroup's softmax overlaps the other's matrix multiplies.
+
+A CTA whose count is 0 writes zeros, and so does a row that no tile lets see a key. Head dims that are
+multiples of 64 (≤ 256), bf16 or f16.
+"""
+
+import math
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import mosaic_gpu as plgpu
+
+LOG2E = math.log2(math.e)
+WG_ROWS = 64  # query rows per compute warpgroup (one wgmma M tile)
+CTA_ROWS = 2 * WG_ROWS  # query rows per CTA = the block_q of the tile lists
+MOSAIC_DTYPES = (jnp.bfloat16, jnp.float16)
+ROW = plgpu.Layout.WGMMA.reduce(1)  # one value per logits row
+COL = plgpu.Layout.WGMMA.reduce(0)  # one value per logits column
+
+
+class TileMask(NamedTuple):
+    """A kernel's per-tile mask, split into two load stages and the masking itself."""
+
+    stage1: Callable
+    stage2: Callable
+    apply: Callable
+
+
+def mosaic_supports(q: jax.Array, block_q: int, block_k: int) -> bool:
+    """Whether the Mosaic kernels take these inputs (what 'auto' asks on Hopper)."""
+    try:
+        check_mosaic_inputs(q, block_q, block_k)
+    except ValueError:
+        return False
+    return True
+
+
+def check_mosaic_inputs(q: jax.Array, block_q: int, block_k: int) -> None:
+    """The shapes the Mosaic kernels take; raises with the reason (never a silent fallback)."""
+    d = q.shape[-1]
+    if q.dtype not in MOSAIC_DTYPES:
+        raise ValueError(
+            f"implementation='pallas_mosaic' takes bf16 or f16 inputs (wgmma); got {q.dtype}: cast q, k, v "
+            "or use implementation='pallas_triton'"
+        )
+    if d % 64 or d > 256:
+        raise ValueError(
+            f"implementation='pallas_mosaic' needs a head dim that is a multiple of 64, at most 256; got {d}"
+        )
+    if block_q != CTA_ROWS:
+        raise ValueError(
+            f"implementation='pallas_mosaic' needs block_q={CTA_ROWS} (two 64-row warpgroups); got {block_q}"
+        )
+    if block_k not in (64, 128):
+        raise ValueError(f"implementation='pallas_mosaic' needs block_k 64 or 128; got {block_k}")
+
+
+def _kernel(tables, q_ref, k_ref, v_ref, out_ref, scoped, *, walk, block_k, sm_scale, stages, dtype):
+    count_fn, key_row, make_mask = walk
+    at = (lax.axis_index("batch"), lax.axis_index("heads"), lax.axis_index("q_tiles"))
+    batch, head, qt = at
+    wg = lax.axis_index("wg")
+    (qo_smem2, k_smem, v_smem), (k_ready, v_ready, q_ready), (k_free, v_free), schedule = scoped
+    head_dim = q_ref.shape[-1]
+    count = count_fn(tables, at)
+
+    def schedule_sync():
+        plgpu.barrier_arrive(schedule)
+        plgpu.barrier_wait(schedule)
+
+    @pl.when(wg < 2)
+    def _compute():
+        plgpu.set_max_registers(232, action="increase")
+        qo_smem = qo_smem2.at[wg]
+        row0 = qt * CTA_ROWS + wg * WG_ROWS
+        plgpu.copy_gmem_to_smem(q_ref.at[batch, pl.ds(row0, WG_ROWS), head], qo_smem, q_ready.at[wg])
+        mask = make_mask(tables, at, row0) if make_mask is not None else None
+        meta = mask.stage1(0) if mask is not None else ()  # the pipeline's prologue
+        plgpu.barrier_wait(q_ready.at[wg])
+        m_i = plgpu.layout_cast(jnp.full((WG_ROWS,), -jnp.inf, jnp.float32), ROW)
+        l_i = plgpu.layout_cast(jnp.full((WG_ROWS,), 0.0, jnp.float32), ROW)
+        acc = plgpu.layout_cast(jnp.full((WG_ROWS, head_dim), 0.0, jnp.float32), plgpu.Layout.WGMMA)
+
+        @pl.when(count > 0)
+        def _():
+            plgpu.barrier_wait(k_ready.at[0])
+
+        pl.when(wg == 1)(schedule_sync)
+
+        def step(j, carry):
+            acc, m_i, l_i, meta = carry
+            slot = lax.rem(j, jnp.int32(stages))
+            if mask is not None:  # stage 1 of tile j came a step earlier; issue stage 2 and tile j+1's
+                first = meta
+                second = mask.stage2(j, first)
+                meta = mask.stage1(j + 1)
+
+            def qk(acc_ref):
+                plgpu.wgmma(acc_ref, qo_smem, k_smem.at[slot].transpose((1, 0)))
+                schedule_sync()
+                return acc_ref[...]
+
+            s = pl.run_scoped(qk, plgpu.ACC((WG_ROWS, block_k), jnp.float32))
+            plgpu.barrier_arrive(k_free.at[slot])
+            s = s * (sm_scale * LOG2E)
+            if mask is not None:
+                s = mask.apply(first, second, s)
+            m_new = jnp.maximum(m_i, s.max(axis=1))
+            if mask is not None:  # a row masked everywhere so far keeps m = -inf: shift by 0 instead
+                m_use = jnp.where(m_new == -jnp.inf, 0.0, m_new)
+            else:
+                m_use = m_new
+            alpha = jnp.exp2(m_i - m_use)
+            p = jnp.exp2(s - lax.broadcast_in_dim(m_use, s.shape, [0]))
+            acc = acc * lax.broadcast_in_dim(alpha, acc.shape, [0])
+            l_i = l_i * alpha + p.sum(axis=1)
+            p16 = p.astype(dtype)
+            acc, l_i, m_new, p16 = lax.optimization_barrier((acc, l_i, m_new, p16))
+            plgpu.barrier_arrive(schedule)  # softmax done
+            plgpu.barrier_wait(v_ready.at[slot])
+            plgpu.barrier_wait(schedule)  # tensor cores free
+
+            def pv(acc_ref):
+                plgpu.wgmma(acc_ref, p16, v_smem.at[slot])
+                nxt = j + 1
+
+                @pl.when(nxt < count)
+                def _():
+                    plgpu.barrier_wait(k_ready.at[lax.rem(nxt, jnp.int32(stages))])
+
+            acc = pl.run_state(pv)(plgpu.ACC.init(acc))
+            plgpu.barrier_arrive(v_free.at[slot])
+            return acc, m_new, l_i, meta
+
+        acc, m_i, l_i, _ = lax.fori_loop(0, count, step, (acc, m_i, l_i, meta))
+        pl.when(wg == 0)(schedule_sync)
+        # Rows that saw no key have l = 0 and acc = 0: output zeros, not NaN.
+        acc = acc / lax.broadcast_in_dim(jnp.maximum(l_i, 1e-30), acc.shape, [0])
+        qo_smem[...] = acc.astype(dtype)
+        plgpu.commit_smem()
+        plgpu.copy_smem_to_gmem(qo_smem, out_ref.at[batch, pl.ds(row0, WG_ROWS), head])
+        plgpu.wait_smem_to_gmem(0)
+
+    @pl.when(wg == 2)
+    def _producer():
+        plgpu.set_max_registers(40, action="decrease")
+
+        def fetch(j, slot, wait_free):
+            rows = (batch, pl.ds(key_row(tables, at, j), block_k), head)
+            if wait_free:
+                plgpu.barrier_wait(k_free.at[slot])
+            plgpu.copy_gmem_to_smem(k_ref.at[rows], k_smem.at[slot], k_ready.at[slot])
+            if wait_free:
+                plgpu.barrier_wait(v_free.at[slot])
+            plgpu.copy_gmem_to_smem(v_ref.at[rows], v_smem.at[slot], v_ready.at[slot])
+
+        for i in range(stages):  # prologue: fill the ring (short lists fill part of it)
+            pl.when(i < count)(lambda i=i: fetch(i, i, False))
+
+        @pl.loop(0, jnp.maximum(count - stages, 0))
+        def _(j):
+            fetch(j + stages, lax.rem(j, jnp.int32(stages)), True)
+
+
+def sparse_flash_mosaic(
+    tables: tuple[jax.Array, ...],
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    *,
+    count: Callable,
+    key_row: Callable,
+    make_mask: Callable | None,
+    block_k: int,
+    sm_scale: float,
+    num_stages: int = 2,
+    interpret: bool = False,
+) -> jax.Array:
+    """Launch on padded operands: q ``[B, nqt·128, H, D]``; k, v ``[B, Mk, H, D]`` with every listed tile
+    inside ``Mk`` rows. ``tables`` are int32 arrays handed to the three walk functions as GMEM refs."""
+    b, nq, h, d = q.shape
+    stages = max(2, num_stages)
+    tiles = (plgpu.TilingTransform((8, 64)), plgpu.SwizzleTransform(128))
+    walk = (count, key_row, make_mask)
+    n_tab = len(tables)
+
+    def entry(*refs):
+        tabs, (q_ref, k_ref, v_ref, out_ref) = refs[:n_tab], refs[n_tab:]
+        pl.run_scoped(
+            lambda *scoped: _kernel(
+                tabs,
+                q_ref,
+                k_ref,
+                v_ref,
+                out_ref,
+                scoped,
+                walk=walk,
+                block_k=block_k,
+                sm_scale=sm_scale,
+                stages=stages,
+                dtype=q.dtype,
+            ),
+            (
+                plgpu.SMEM((2, WG_ROWS, d), q.dtype, transforms=tiles),
+                plgpu.SMEM((stages, block_k, d), q.dtype, transforms=tiles),
+                plgpu.SMEM((stages, block_k, d), q.dtype, transforms=tiles),
+            ),
+            (
+                plgpu.Barrier(num_barriers=stages),
+                plgpu.Barrier(num_barriers=stages),
+                plgpu.Barrier(num_barriers=2),
+            ),
+            (plgpu.Barrier(num_arrivals=2, num_barriers=stages),) * 2,
+            plgpu.Barrier(num_arrivals=2),
+            collective_axes="wg",
+        )
+
+    return plgpu.kernel(
+        entry,
+        out_type=jax.ShapeDtypeStruct(q.shape, q.dtype),
+        grid=(h, nq // CTA_ROWS, b),
+        grid_names=("heads", "q_tiles", "batch"),
+        num_threads=3,
+        thread_name="wg",
+        compiler_params=plgpu.CompilerParams(approx_math=True),
+        interpret=plgpu.InterpretGPUParams() if interpret else None,
+    )(*tables, q, k, v)
