@@ -6,14 +6,18 @@ Same contract and plan as the Triton kernel (:mod:`.cluster_sparse_attn`, :mod:`
 tiles; the plan is built with ``row_align=8``), and the compute warpgroups mask
 
 * the rows before the run's first row and past its end (``lead <= cols < valid``), on every chunk;
-* on a *mixed* chunk only (the tile's query clusters disagree on the run), everything their own cluster
-  does not select. Clusters are contiguous row ranges on both sides, so the allowed set of a warpgroup is
-  a union of rectangles ``rows of query cluster u × columns of key cluster j`` over the selected pairs
-  ``(u, j)``: the warpgroup loops over its own query clusters (usually one or two) and, inside, over the
-  key clusters the chunk touches, comparing row and column index vectors with the cluster bounds (scalars
-  read from global memory). No gather is needed, and uniform chunks skip both loops.
+* on a *mixed* chunk (the tile's query clusters disagree on the run), what each row's own query cluster
+  does not select. Fast path: when the tile holds at most ``FAST_Q`` = 4 query clusters and the chunk
+  spans at most ``FAST_K`` = 8 key clusters, the map entries involved fit one 32-bit word, assembled
+  from :func:`tile_nibbles` (the tile's 4 map rows packed per key cluster); each element then reads its
+  bit at ``(key cluster − chunk's first) · 4 + (query cluster − tile's first)`` from a row vector of query
+  labels and a column vector of key labels. Otherwise (tiny clusters) the slow path builds the allowed
+  set as a union of rectangles ``rows of query cluster u × columns of key cluster j`` from the cluster
+  bounds, looping over the pairs.
 
-Everything past the plan is exact: a row whose clusters select nothing outputs zeros.
+The per-chunk scalars (start, code, first key cluster) are loaded one chunk ahead and the label vector
+and packed words before the chunk's ``Q Kᵀ`` (the engine's two load stages), so their latency hides under
+the matrix multiply. Everything past the plan is exact: a row whose clusters select nothing outputs zeros.
 """
 
 import jax
