@@ -21,7 +21,16 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from attention import random_clusters  # noqa: E402
-from harness import attention_flops, device_info, print_table, rel_error, time_fn, write_json  # noqa: E402
+from harness import (  # noqa: E402
+    attention_flops,
+    device_info,
+    print_table,
+    rel_error,
+    run_checks,
+    time_cudnn_dense,
+    time_fn,
+    write_json,
+)
 
 from svg_jax.pallas_kernels import (  # noqa: E402
     cluster_sparse_attention,
@@ -117,21 +126,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     key = jax.random.key(0)
     payload = {**device_info(), "command": " ".join(sys.argv), "checks": [], "bench": []}
-    for i, case in enumerate([] if args.skip_checks else CHECKS):
-        try:
-            payload["checks"].append(check(case, jax.random.fold_in(key, i)))
-        except Exception as e:
-            traceback.print_exc()
-            payload["checks"].append({"case": str(case), "error": repr(e)[:2000]})
-        print(payload["checks"][-1])
+    payload["checks"] = run_checks([] if args.skip_checks else CHECKS, check, key)
     write_json(args.out, payload)
     if not args.skip_bench:
-        b, h, n, d = BENCH[:4]
-        q = jax.random.normal(key, (b, n, h, d), jnp.bfloat16)
-        dense = jax.jit(functools.partial(jax.nn.dot_product_attention, implementation="cudnn"))
-        t = time_fn(dense, q, q, q, iters=10)
-        payload["dense"] = {**t, "tflops": attention_flops(b, h, n, n, d) / (t["median_ms"] * 1e-3) / 1e12}
-        print("cuDNN dense", payload["dense"])
+        t = payload["dense"] = time_cudnn_dense(key, *BENCH[:4])
         payload["bench"] = bench(key, t["median_ms"], args.densities)
         write_json(args.out, payload)
     return 0

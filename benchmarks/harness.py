@@ -1,14 +1,17 @@
 """Shared GPU benchmark helpers: timing (median after warm-up), device facts, atomic JSON output."""
 
 import datetime
+import functools
 import json
 import os
 import statistics
 import tempfile
 import time
+import traceback
 from collections.abc import Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -80,3 +83,26 @@ def _fmt(x) -> str:
     if isinstance(x, float):
         return f"{x:.4g}"
     return "" if x is None else str(x)
+
+
+def run_checks(cases, check: Callable, key) -> list[dict]:
+    """``check(case, key)`` for each case (a fresh key each); a failing case is recorded, not fatal."""
+    results = []
+    for i, case in enumerate(cases):
+        try:
+            results.append(check(case, jax.random.fold_in(key, i)))
+        except Exception as e:  # report, keep going
+            traceback.print_exc()
+            results.append({"case": str(case), "error": repr(e)[:2000]})
+        print(results[-1])
+    return results
+
+
+def time_cudnn_dense(key, b: int, h: int, n: int, d: int) -> dict:
+    """cuDNN dense self-attention at ``[B, N, H, D]`` bf16: timing plus TFLOP/s (the speedup baseline)."""
+    q = jax.random.normal(key, (b, n, h, d), jnp.bfloat16)
+    dense = jax.jit(functools.partial(jax.nn.dot_product_attention, implementation="cudnn"))
+    t = time_fn(dense, q, q, q, iters=10)
+    out = {**t, "tflops": attention_flops(b, h, n, n, d) / (t["median_ms"] * 1e-3) / 1e12}
+    print("cuDNN dense", out)
+    return out

@@ -29,7 +29,7 @@ from .block_sparse_attn import (
 from .cluster_plan import ClusterTilePlan, cluster_tile_plan, decode_chunk
 from .cluster_sparse_attn_mosaic import ROW_ALIGN, cluster_sparse_attention_mosaic, mosaic_plan_ok
 from .common import TritonConfig, default_triton_config, pad_axis, padded_head_dim, resolve_implementation
-from .mosaic_flash import CTA_ROWS, mosaic_supports
+from .mosaic_flash import CTA_ROWS, check_mosaic_inputs, mosaic_supports
 from .reference import cluster_sparse_attention_reference
 
 DEFAULT_BLOCK_Q = 64  # Triton: 64×64 measured fastest on H100 (docs/benchmarks.md)
@@ -212,13 +212,18 @@ def cluster_sparse_attention(
         return cluster_sparse_attention_reference(
             q, k, v, q_cluster_sizes, k_cluster_sizes, cluster_map, sm_scale=sm_scale
         )
+    block_q, block_k, row_align = default_blocks(impl, block_q, block_k)
+    if impl == "pallas_mosaic":  # refuse before building a plan
+        check_mosaic_inputs(q, block_q, block_k)
     plan = cluster_tile_plan(
         q_cluster_sizes,
         k_cluster_sizes,
         cluster_map,
         num_q=q.shape[1],
         num_k=k.shape[1],
-        **dict(zip(("block_q", "block_k", "row_align"), default_blocks(impl, block_q, block_k), strict=True)),
+        block_q=block_q,
+        block_k=block_k,
+        row_align=row_align,
     )
     return cluster_sparse_attention_from_plan(
         q, k, v, plan, sm_scale=sm_scale, implementation=impl, interpret=interpret, config=config
