@@ -106,3 +106,50 @@ def time_cudnn_dense(key, b: int, h: int, n: int, d: int) -> dict:
     out = {**t, "tflops": attention_flops(b, h, n, n, d) / (t["median_ms"] * 1e-3) / 1e12}
     print("cuDNN dense", out)
     return out
+
+
+def time_loop(fn: Callable, *args, calls: int = 20, rounds: int = 5) -> dict:
+    """Per-call device time in ms with dispatch hidden: ``calls`` back-to-back calls, then one sync;
+    the median over ``rounds`` (after one warm-up round). Use for calls of a few ms, where a sync per
+    call would add host latency to every sample."""
+    def one_round() -> float:
+        t0 = time.perf_counter()
+        out = None
+        for _ in range(calls):
+            out = fn(*args)
+        jax.block_until_ready(out)
+        return (time.perf_counter() - t0) * 1e3 / calls
+
+    one_round()
+    samples = [one_round() for _ in range(rounds)]
+    return {"median_ms": statistics.median(samples), "min_ms": min(samples), "calls": calls, "rounds": rounds}
+
+
+def device_op_times(fn: Callable, *args, reps: int = 3, top: int = 25) -> dict:
+    """GPU kernel time per call, by kernel name, from a ``jax.profiler`` trace of ``reps`` calls.
+
+    Returns ``{"total_ms": ..., "ops": [{"name", "ms", "count"}, ...]}`` (``top`` largest), where each
+    time is the sum over the trace divided by ``reps``. Needs the warm-up done by the caller.
+    """
+    import glob
+    import gzip
+
+    jax.block_until_ready(fn(*args))
+    with tempfile.TemporaryDirectory() as log_dir:
+        with jax.profiler.trace(log_dir):
+            for _ in range(reps):
+                jax.block_until_ready(fn(*args))
+        (path,) = glob.glob(os.path.join(log_dir, "plugins", "profile", "*", "*.trace.json.gz"))
+        with gzip.open(path, "rb") as f:
+            events = json.load(f)["traceEvents"]
+    names = {e["pid"]: e["args"].get("name", "") for e in events if e.get("name") == "process_name"}
+    gpu = {pid for pid, name in names.items() if "/device:GPU" in name}
+    per_op: dict[str, list[float]] = {}
+    for e in events:
+        if e.get("ph") == "X" and e.get("pid") in gpu and "dur" in e:
+            per_op.setdefault(e["name"], []).append(float(e["dur"]))
+    ops = sorted(
+        ({"name": k[:160], "ms": sum(v) / reps / 1e3, "count": len(v) / reps} for k, v in per_op.items()),
+        key=lambda r: -r["ms"],
+    )
+    return {"total_ms": sum(r["ms"] for r in ops), "ops": ops[:top], "processes": sorted(names.values())}

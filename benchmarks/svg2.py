@@ -36,8 +36,16 @@ import jax.numpy as jnp
 
 from svg_jax import svg2
 from svg_jax.kmeans import kmeans, update_centroids
-from svg_jax.pallas_kernels import KMeansAssignConfig, cluster_sparse_attention, kmeans_assign, permute_tokens
+from svg_jax.pallas_kernels import (
+    KMeansAssignConfig,
+    cluster_sparse_attention,
+    cluster_tile_plan,
+    kmeans_assign,
+    permute_tokens,
+)
+from svg_jax.pallas_kernels.kmeans import to_groups
 from svg_jax.svg2 import SVG2Cache, SVG2Config, svg2_attention, svg2_plan
+from svg_jax.topp import cluster_probabilities, top_p_cluster_map
 
 ASSIGN_SWEEP = [
     KMeansAssignConfig(block_n=bn, block_k=bk, num_warps=w, num_stages=st)
@@ -82,9 +90,13 @@ def random_qkv(key, b: int, n: int, h: int, d: int, dtype):
     return tuple(jax.random.normal(kk, (b, n, h, d), jnp.float32).astype(dtype) for kk in keys)
 
 
-def bench_kmeans(x, num_clusters: int, config: SVG2Config, tag: str, *, warmup: int, reps: int, flop_d: int):
-    """Cold and warm k-means of one ``[G, N, D]`` operand, plus its assignment and update steps alone."""
-    g, n, d = x.shape
+def bench_kmeans(
+    x, num_clusters: int, config: SVG2Config, tag: str, *, warmup: int, reps: int, flop_d: int, sweep: bool
+):
+    """Cold and warm k-means of one token-major ``[B, N, H, D]`` operand (as ``svg2_plan`` runs it), plus
+    its assignment and update steps alone, and the assignment on a ``[G, N, D]`` copy for comparison."""
+    b, n, h, d = x.shape
+    g = b * h
     cold = jax.jit(lambda x, key: kmeans(x, num_clusters, num_iters=config.kmeans_init_iters, key=key))
     warm = jax.jit(lambda x, c: kmeans(x, num_clusters, num_iters=config.kmeans_warm_iters, init_centroids=c))
     assign = jax.jit(lambda x, c: kmeans_assign(x, c))
@@ -96,18 +108,69 @@ def bench_kmeans(x, num_clusters: int, config: SVG2Config, tag: str, *, warmup: 
     rows[f"kmeans_{tag}_warm_{config.kmeans_warm_iters}it"] = timeit(
         warm, x, res.centroids, warmup=warmup, reps=reps
     )
+    flops = 2.0 * g * n * num_clusters * flop_d
     t_assign = timeit(assign, x, res.centroids, warmup=warmup, reps=reps)
-    t_assign["tflops"] = 2.0 * g * n * num_clusters * flop_d / (t_assign["median_ms"] * 1e-3) / 1e12
+    t_assign["tflops"] = flops / (t_assign["median_ms"] * 1e-3) / 1e12
     rows[f"kmeans_{tag}_assign"] = t_assign
+    xg, cg = to_groups(x), res.centroids.reshape(g, num_clusters, d)
+    t_grouped = timeit(assign, xg, cg, warmup=warmup, reps=reps)
+    t_grouped["tflops"] = flops / (t_grouped["median_ms"] * 1e-3) / 1e12
+    rows[f"kmeans_{tag}_assign_grouped_copy"] = t_grouped
     rows[f"kmeans_{tag}_update"] = timeit(update, x, res.labels, res.centroids, warmup=warmup, reps=reps)
-    if jax.default_backend() == "gpu":  # tuning data for KMeansAssignConfig's defaults
+    if jax.default_backend() == "gpu" and sweep:  # tuning data for KMeansAssignConfig's defaults
         for cfg in ASSIGN_SWEEP:
             fn = jax.jit(functools.partial(kmeans_assign, implementation="pallas_triton", config=cfg))
             row = timeit(fn, x, res.centroids, warmup=warmup, reps=reps)
-            row["tflops"] = 2.0 * g * n * num_clusters * flop_d / (row["median_ms"] * 1e-3) / 1e12
+            row["tflops"] = flops / (row["median_ms"] * 1e-3) / 1e12
             name = f"bn{cfg.block_n}_bk{cfg.block_k}_w{cfg.num_warps}_s{cfg.num_stages}"
             rows[f"kmeans_{tag}_assign_{name}"] = row
     return rows
+
+
+def mosaic_chunk_plan(plan, n: int):
+    """The chunk plan the Mosaic cluster kernel walks (128×64 tiles), built from an SVG2 plan of N tokens."""
+    sizes = (plan.q_cluster_sizes, plan.k_cluster_sizes, plan.cluster_map)
+    return cluster_tile_plan(*sizes, num_q=n, num_k=n, block_q=128, block_k=64, row_align=8)
+
+
+def plan_pieces(q, k, plan, cache, config: SVG2Config, *, warmup: int, reps: int) -> dict:
+    """The parts of ``svg2_plan`` besides k-means, each timed alone (where the overhead goes), and what
+    it no longer does (``removed_*``, ``plan_argsort_labels_qk``) for comparison."""
+    n, d = q.shape[1], q.shape[-1]
+
+    def transposes(q, k):  # the [G, N, D] copies svg2_plan made before k-means read q, k in place
+        return to_groups(q), to_groups(k)
+
+    def argsorts(plan):  # the batched argsort svg2_plan used before cluster_order
+        return tuple(jnp.argsort(x, axis=-1, stable=True) for x in (plan.q_labels, plan.k_labels))
+
+    def orders(plan):
+        return (
+            svg2.cluster_order(plan.q_labels, config.num_q_clusters),
+            svg2.cluster_order(plan.k_labels, config.num_k_clusters),
+        )
+
+    def probs(cache, k_sizes):
+        return cluster_probabilities(cache.q_centroids, cache.k_centroids, k_sizes, sm_scale=d**-0.5)
+
+    def top_p(p):
+        return top_p_cluster_map(p, top_p=config.top_p, min_clusters=config.min_k_clusters)
+
+    def select(cache, k_sizes):
+        sm_scale = d**-0.5
+        probs = cluster_probabilities(cache.q_centroids, cache.k_centroids, k_sizes, sm_scale=sm_scale)
+        return top_p_cluster_map(probs, top_p=config.top_p, min_clusters=config.min_k_clusters)
+
+    opts = dict(warmup=warmup, reps=reps)
+    return {
+        "removed_transpose_qk": timeit(jax.jit(transposes), q, k, **opts),
+        "plan_argsort_labels_qk": timeit(jax.jit(argsorts), plan, **opts),
+        "plan_cluster_order_qk": timeit(jax.jit(orders), plan, **opts),
+        "plan_probs_top_p": timeit(jax.jit(select), cache, plan.k_cluster_sizes, **opts),
+        "plan_probs": timeit(jax.jit(probs), cache, plan.k_cluster_sizes, **opts),
+        "plan_top_p": timeit(jax.jit(top_p), plan.probs, **opts),
+        "plan_chunk_plan_128x64": timeit(jax.jit(functools.partial(mosaic_chunk_plan, n=n)), plan, **opts),
+    }
 
 
 def run(args) -> dict:
@@ -128,10 +191,11 @@ def run(args) -> dict:
     warmup, reps = args.warmup, args.reps
     results: dict[str, dict] = {}
 
-    # 1. k-means on Q and K ([G, N, D] per head, as svg2_attention feeds it).
+    # 1. k-means on Q and K (token-major [B, N, H, D], as svg2_attention feeds it).
     for tag, x, c in (("q", q, config.num_q_clusters), ("k", k, config.num_k_clusters)):
-        xg = jnp.swapaxes(x, 1, 2).reshape(b * h, n, d)  # [G, N, D]
-        results.update(bench_kmeans(xg, c, config, f"{tag}{c}", warmup=warmup, reps=reps, flop_d=d))
+        results.update(
+            bench_kmeans(x, c, config, f"{tag}{c}", warmup=warmup, reps=reps, flop_d=d, sweep=args.sweep)
+        )
 
     # 2. SVG2 pieces on a warm cache.
     cache = SVG2Cache.create(1, b, h, config, d).layer(0)
@@ -157,6 +221,7 @@ def run(args) -> dict:
     dense_fn = jax.jit(lambda q, k, v: jax.nn.dot_product_attention(q, k, v, implementation=dense_impl))
 
     results["svg2_plan"] = timeit(plan_fn, q, k, cache, key, warmup=warmup, reps=reps)
+    results.update(plan_pieces(q, k, plan, cache, config, warmup=warmup, reps=reps))
     results["svg2_permutations"] = timeit(perm_fn, q, k, v, q, plan, warmup=warmup, reps=reps)
     results["svg2_cluster_attention"] = timeit(attn_fn, qs, ks, vs, plan, warmup=warmup, reps=reps)
     results["svg2_attention_warm"] = timeit(full, q, k, v, cache, key, warmup=warmup, reps=reps)
@@ -233,6 +298,7 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--reps", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sweep", action="store_true", help="also sweep the assignment kernel's launch configs")
     args = p.parse_args(argv)
     if args.small:
         args.heads, args.tokens, args.head_dim = 2, 1024, 64

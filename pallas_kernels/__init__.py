@@ -7,7 +7,12 @@ a GPU and the XLA reference on CPU; "pallas_triton" runs on CPU with ``interpret
 from .block_mask import block_mask_to_indices
 from .block_sparse_attn import block_sparse_attention
 from .cluster_plan import ClusterTilePlan, cluster_tile_plan
-from .cluster_sparse_attn import cluster_sparse_attention, cluster_sparse_attention_from_plan
+from .cluster_sparse_attn import (
+    cluster_plan_for,
+    cluster_sparse_attention,
+    cluster_sparse_attention_from_plan,
+    padded_rows,
+)
 from .common import TritonConfig
 from .kmeans import KMeansAssignConfig, kmeans_assign
 from .kmeans_reference import kmeans_assign_reference
@@ -34,6 +39,7 @@ __all__ = [
     "block_sparse_attention_reference",
     "cluster_labels",
     "cluster_map_to_mask",
+    "cluster_plan_for",
     "cluster_sparse_attention",
     "cluster_sparse_attention_from_plan",
     "cluster_sparse_attention_reference",
@@ -41,6 +47,7 @@ __all__ = [
     "kmeans_assign",
     "kmeans_assign_reference",
     "masked_attention_reference",
+    "padded_rows",
     "permute_tokens",
     "permute_tokens_reference",
     "qk_norm_rope",

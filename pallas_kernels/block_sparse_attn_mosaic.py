@@ -36,6 +36,8 @@ def block_sparse_attention_mosaic(
     block_k: int,
     sm_scale: float,
     num_stages: int = 2,
+    num_programs: int | None = None,
+    order: str = "head_lpt",
     interpret: bool = False,
 ) -> Float[Array, "B N H D"]:
     """The Mosaic GPU kernel on validated inputs (``block_sparse_attention`` checks them first).
@@ -50,9 +52,6 @@ def block_sparse_attention_mosaic(
     idx = jnp.clip(kv_block_indices.astype(jnp.int32), 0, nkb - 1)
     cnt = kv_block_counts.astype(jnp.int32)
 
-    def count(tables, at):
-        return tables[1][at]
-
     def key_row(tables, at, j):
         return tables[0][(*at, j)] * block_k
 
@@ -65,16 +64,18 @@ def block_sparse_attention_mosaic(
         return TileMask(lambda j: key_row(tables, at, jnp.minimum(j, last)), lambda j, first: (), apply)
 
     out = sparse_flash_mosaic(
-        (idx, cnt),
+        (idx,),
         qp,
         kp,
         vp,
-        count=count,
+        counts=jnp.clip(cnt, 0, idx.shape[-1]),
         key_row=key_row,
         make_mask=ragged_mask if m % block_k else None,
         block_k=block_k,
         sm_scale=sm_scale,
         num_stages=num_stages,
+        num_programs=num_programs,
+        order=order,
         interpret=interpret,
     )
     return out[:, :n]

@@ -201,17 +201,50 @@ def cluster_sparse_attention(
     qualify, else Triton on GPU, XLA on CPU). ``interpret`` defaults to True off-GPU (Triton only).
     """
     checks.check_qkv(q, k, v)
+    impl, plan = cluster_plan_for(
+        q,
+        k,
+        q_cluster_sizes,
+        k_cluster_sizes,
+        cluster_map,
+        implementation=implementation,
+        block_q=block_q,
+        block_k=block_k,
+    )
+    sm_scale = checks.default_sm_scale(q) if sm_scale is None else float(sm_scale)
+    if plan is None:
+        return cluster_sparse_attention_reference(
+            q, k, v, q_cluster_sizes, k_cluster_sizes, cluster_map, sm_scale=sm_scale
+        )
+    return cluster_sparse_attention_from_plan(
+        q, k, v, plan, sm_scale=sm_scale, implementation=impl, interpret=interpret, config=config
+    )
+
+
+def cluster_plan_for(
+    q: Float[Array, "B N H D"],
+    k: Float[Array, "B M H D"],
+    q_cluster_sizes: Int[Array, "B H Cq"],
+    k_cluster_sizes: Int[Array, "B H Ck"],
+    cluster_map: Bool[Array, "B H Cq Ck"],
+    *,
+    implementation: str = "auto",
+    block_q: int | None = None,
+    block_k: int | None = None,
+) -> tuple[str, ClusterTilePlan | None]:
+    """Validate the inputs, resolve ``implementation`` and build its chunk plan: ``(implementation, plan)``
+    with ``plan=None`` for ``"xla"`` (the oracle takes the cluster sizes). What
+    :func:`cluster_sparse_attention` runs; callers that lay out q, k, v themselves use it with
+    :func:`padded_rows` and :func:`cluster_sparse_attention_from_plan`."""
+    checks.check_qkv(q, k, k)
     for name, size in (("block_q", block_q), ("block_k", block_k)):
         if size is not None:
             checks.check_block_size(name, size)
     check_cluster_inputs(q, k, q_cluster_sizes, k_cluster_sizes, cluster_map)
-    sm_scale = checks.default_sm_scale(q) if sm_scale is None else float(sm_scale)
     mosaic_ok = mosaic_supports(q, *default_blocks("pallas_mosaic", block_q, block_k)[:2])
     impl = resolve_implementation(implementation, mosaic_ok=mosaic_ok)
     if impl == "xla":
-        return cluster_sparse_attention_reference(
-            q, k, v, q_cluster_sizes, k_cluster_sizes, cluster_map, sm_scale=sm_scale
-        )
+        return impl, None
     block_q, block_k, row_align = default_blocks(impl, block_q, block_k)
     if impl == "pallas_mosaic":  # refuse before building a plan
         check_mosaic_inputs(q, block_q, block_k)
@@ -225,9 +258,19 @@ def cluster_sparse_attention(
         block_k=block_k,
         row_align=row_align,
     )
-    return cluster_sparse_attention_from_plan(
-        q, k, v, plan, sm_scale=sm_scale, implementation=impl, interpret=interpret, config=config
-    )
+    return impl, plan
+
+
+def padded_rows(plan: ClusterTilePlan, implementation: str) -> tuple[int, int]:
+    """``(query rows, key rows)`` the kernel of ``implementation`` reads for ``plan``: whole query tiles,
+    and ``block_k`` rows past the last key so a chunk may start at any key row (Mosaic: rounded up to
+    whole 8-row TMA tiles). :func:`cluster_sparse_attention_from_plan` pads shorter q, k, v itself (a
+    copy); operands built at these lengths (padding rows finite, e.g. copies of a real row) are read as
+    they are, and the output then has the padded query rows too."""
+    rows_k = plan.k_labels.shape[2]
+    if implementation == "pallas_mosaic":
+        rows_k = -(-rows_k // ROW_ALIGN) * ROW_ALIGN
+    return plan.q_labels.shape[2], rows_k
 
 
 def cluster_sparse_attention_from_plan(
@@ -243,21 +286,17 @@ def cluster_sparse_attention_from_plan(
 ) -> Float[Array, "B N H D"]:
     """Run a Pallas kernel on a plan from :func:`cluster_tile_plan` (to time or reuse the plan apart).
 
+    q has the plan's ``N`` rows or its :func:`padded_rows` (then so does the output); k and v its ``M``
+    rows or their padded rows. Shorter operands are padded here, which copies them.
+
     ``implementation``: ``"pallas_mosaic"`` (plans with ``block_q=128`` and ``row_align=8``),
     ``"pallas_triton"``, or ``"auto"`` (Mosaic on Hopper when the plan and inputs qualify, else Triton).
     """
     checks.check_qkv(q, k, v)
     b, n, h, d = q.shape
-    m = k.shape[1]
     block_q, block_k = plan.block_q, plan.block_k
     nqt = plan.chunk_starts.shape[2]
     mk = plan.k_labels.shape[2]
-    if plan.q_labels.shape != (b, h, nqt * block_q) or nqt != -(-n // block_q) or mk != m + block_k:
-        raise ValueError(
-            f"plan does not fit q/k: it was built for {nqt}x{block_q} query rows and {mk - block_k} key rows "
-            f"with (B, H)={plan.q_labels.shape[:2]}; got {q.shape=} and {k.shape=}"
-        )
-    sm_scale = checks.default_sm_scale(q) if sm_scale is None else float(sm_scale)
     if implementation == "xla":
         raise ValueError(
             "implementation='xla' takes cluster sizes, not a plan: call cluster_sparse_attention instead"
@@ -265,6 +304,14 @@ def cluster_sparse_attention_from_plan(
     impl = resolve_implementation(implementation, mosaic_ok=mosaic_plan_ok(q, plan))
     if impl == "xla":  # 'auto' off-GPU: the plan's kernel runs interpreted
         impl = "pallas_triton"
+    key_rows = (mk - block_k, padded_rows(plan, impl)[1])  # the plan's keys, or already padded
+    if plan.q_labels.shape != (b, h, nqt * block_q) or nqt != -(-n // block_q) or k.shape[1] not in key_rows:
+        raise ValueError(
+            f"plan does not fit q/k: it was built for {nqt}x{block_q} query rows and {mk - block_k} key rows "
+            f"(or {key_rows[1]} padded ones) with (B, H)={plan.q_labels.shape[:2]}; got {q.shape=} and "
+            f"{k.shape=}"
+        )
+    sm_scale = checks.default_sm_scale(q) if sm_scale is None else float(sm_scale)
     if impl == "pallas_mosaic":
         return cluster_sparse_attention_mosaic(q, k, v, plan, sm_scale=sm_scale)
     interpret = (jax.default_backend() != "gpu") if interpret is None else interpret

@@ -135,6 +135,8 @@ def cluster_sparse_attention_mosaic(
     *,
     sm_scale: float,
     num_stages: int = 2,
+    num_programs: int | None = None,
+    order: str = "head_lpt",
 ) -> Float[Array, "B N H D"]:
     """Run the Mosaic kernel on a plan built with ``block_q=128``, ``block_k`` 64 or 128 and ``row_align=8``
     (``cluster_sparse_attention_from_plan`` checks that the plan fits q/k first)."""
@@ -143,7 +145,7 @@ def cluster_sparse_attention_mosaic(
     bk = plan.block_k
     nqt, width = plan.chunk_starts.shape[2:]
     mk = plan.k_labels.shape[2]  # M + block_k: a chunk starting at any key row stays in bounds
-    qp = pad_axis(q, 1, nqt * CTA_ROWS)
+    qp = pad_axis(q, 1, nqt * CTA_ROWS)  # no copy when the caller laid q out padded
     mk_pad = -(-mk // ROW_ALIGN) * ROW_ALIGN  # TMA wants whole 8-row tiles in the global array too
     kp, vp = pad_axis(k, 1, mk_pad), pad_axis(v, 1, mk_pad)
     ck = plan.cluster_map.shape[3] - 1  # the sentinel key cluster
@@ -160,9 +162,6 @@ def cluster_sparse_attention_mosaic(
         tile_nibbles(plan),
     )
 
-    def count(tables, at):
-        return jnp.clip(tables[2][at], 0, width)
-
     def key_row(tables, at, j):  # a multiple of ROW_ALIGN the compiler can see (TMA into 8-row tiles)
         return lax.div(jnp.clip(tables[0][(*at, j)], 0, mk - bk), ROW_ALIGN) * ROW_ALIGN
 
@@ -171,12 +170,14 @@ def cluster_sparse_attention_mosaic(
         qp,
         kp,
         vp,
-        count=count,
+        counts=jnp.clip(plan.chunk_counts, 0, width),
         key_row=key_row,
         make_mask=lambda tables, at, row0: _cluster_mask(tables, at, row0, block_k=bk),
         block_k=bk,
         sm_scale=sm_scale,
         num_stages=num_stages,
+        num_programs=num_programs,
+        order=order,
     )
     return out[:, :n]
 

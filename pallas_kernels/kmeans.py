@@ -80,9 +80,15 @@ def _kernel(
 
 
 def _call(x, c, cc, *, block_n: int, block_k: int, config: KMeansAssignConfig, interpret: bool):
-    """Launch on x ``[G, N, Dp]`` (N >= block_n), c ``[G, Kp, Dp]`` and cc ``[G, Kp]`` (Kp % block_k == 0)."""
-    g, n, dp = x.shape
-    kp = c.shape[1]
+    """Launch on x ``[G, N, Dp]`` or token-major ``[B, N, H, Dp]`` (N >= block_n; group ``g = b·H + h``),
+    c ``[G, Kp, Dp]`` and cc ``[G, Kp]`` (Kp % block_k == 0). Returns ``[G, N]`` labels and distances."""
+    n, dp = x.shape[1], x.shape[-1]
+    g, kp = c.shape[0], c.shape[1]
+    if x.ndim == 3:
+        x_spec = pl.BlockSpec((None, n, dp), lambda i, gi: (gi, 0, 0))
+    else:  # one group's rows are strided H·Dp apart: read in place, no transpose
+        heads = x.shape[2]
+        x_spec = pl.BlockSpec((None, n, None, dp), lambda i, gi: (gi // heads, 0, gi % heads, 0))
     kernel = functools.partial(
         _kernel, block_n=block_n, block_k=block_k, num_rows=n, num_k_blocks=kp // block_k
     )
@@ -90,7 +96,7 @@ def _call(x, c, cc, *, block_n: int, block_k: int, config: KMeansAssignConfig, i
         kernel,
         grid=(pl.cdiv(n, block_n), g),
         in_specs=[
-            pl.BlockSpec((None, n, dp), lambda i, gi: (gi, 0, 0)),
+            x_spec,
             pl.BlockSpec((None, kp, dp), lambda i, gi: (gi, 0, 0)),
             pl.BlockSpec((None, kp), lambda i, gi: (gi, 0)),
         ],
@@ -108,32 +114,56 @@ def _call(x, c, cc, *, block_n: int, block_k: int, config: KMeansAssignConfig, i
     )(x, c, cc)
 
 
+def group_shape(x: jax.Array) -> tuple[int, ...]:
+    """The group axes of a k-means operand: ``(G,)`` for ``[G, N, D]``, ``(B, H)`` for ``[B, N, H, D]``."""
+    return x.shape[:1] if x.ndim == 3 else (x.shape[0], x.shape[2])
+
+
+def to_groups(x: jax.Array) -> jax.Array:
+    """``[G, N, D]`` view of a k-means operand (a transpose, i.e. a copy, for ``[B, N, H, D]``)."""
+    if x.ndim == 3:
+        return x
+    b, n, h, d = x.shape
+    return jnp.swapaxes(x, 1, 2).reshape(b * h, n, d)
+
+
 def _check_inputs(x, centroids) -> None:
-    if x.ndim != 3:
-        raise ValueError(f"x must have rank 3 [G, N, D]; got shape {x.shape}")
-    if centroids.ndim != 3:
-        raise ValueError(f"centroids must have rank 3 [G, K, D]; got shape {centroids.shape}")
+    if x.ndim not in (3, 4):
+        raise ValueError(
+            "x must have rank 3 [G, N, D] or rank 4 [B, N, H, D] (token-major, groups (B, H)); "
+            f"got shape {x.shape}"
+        )
+    want = "[G, K, D]" if x.ndim == 3 else "[B, H, K, D]"
+    if centroids.ndim != x.ndim:
+        raise ValueError(
+            f"centroids must have rank {x.ndim} {want} for x of shape {x.shape}; got {centroids.shape}"
+        )
     for name, a in (("x", x), ("centroids", centroids)):
         if a.dtype not in checks.FLOAT_DTYPES:
             raise ValueError(f"{name} must be float32, bfloat16 or float16; got {a.dtype}")
-    g, n, d = x.shape
-    if (centroids.shape[0], centroids.shape[2]) != (g, d):
+    groups, n, d = group_shape(x), x.shape[1], x.shape[-1]
+    if (*centroids.shape[:-2], centroids.shape[-1]) != (*groups, d):
         raise ValueError(
-            f"x and centroids must agree on groups and dim (G, D); got {x.shape=} and {centroids.shape=}"
+            f"centroids must be {want} with the groups {groups} and dim D={d} of x {x.shape}; "
+            f"got {centroids.shape}"
         )
-    if n == 0 or centroids.shape[1] == 0:
-        raise ValueError(f"need at least one row and one centroid; got N={n}, K={centroids.shape[1]}")
+    if n == 0 or centroids.shape[-2] == 0:
+        raise ValueError(f"need at least one row and one centroid; got N={n}, K={centroids.shape[-2]}")
 
 
 def kmeans_assign(
-    x: Float[Array, "G N D"],
-    centroids: Float[Array, "G K D"],
+    x: Float[Array, "G N D"] | Float[Array, "B N H D"],
+    centroids: Float[Array, "G K D"] | Float[Array, "B H K D"],
     *,
     implementation: str = "auto",
     interpret: bool | None = None,
     config: KMeansAssignConfig | None = None,
-) -> tuple[Int[Array, "G N"], Float[Array, "G N"]]:
+) -> tuple[Int[Array, "*groups N"], Float[Array, "*groups N"]]:
     """Nearest centroid (squared L2) of every row of every group: ``(labels int32, min_dist float32)``.
+
+    ``x`` is ``[G, N, D]`` (groups outermost) or token-major ``[B, N, H, D]`` (the attention layout, one
+    group per ``(b, h)``: centroids ``[B, H, K, D]``, outputs ``[B, H, N]``); the Triton kernel reads the
+    token-major layout in place, so q and k need no transpose.
 
     Centroids are rounded to ``x.dtype`` for the dot (bf16 inputs run at tensor-core speed), which
     accumulates in float32; ties go to the lowest centroid index. ``N``, ``K`` and ``D`` are arbitrary.
@@ -141,31 +171,33 @@ def kmeans_assign(
     ``implementation``: ``"xla"`` (the oracle :func:`kmeans_assign_reference`, materialising ``[G, N, K]``),
     ``"pallas_triton"`` (the fused kernel; runs on CPU with ``interpret=True``), ``"pallas_mosaic"``
     (Hopper: wgmma + TMA, bf16/f16 rows, D a multiple of 64; see ``kmeans_mosaic``; correct but slower than
-    Triton today, so explicit only) or ``"auto"`` (Triton on GPU, XLA on CPU). ``interpret`` defaults to True
-    off-GPU; ``config`` tunes the Triton launch.
+    Triton today, so explicit only; token-major inputs are transposed first) or ``"auto"`` (Triton on GPU,
+    XLA on CPU). ``interpret`` defaults to True off-GPU; ``config`` tunes the Triton launch.
     """
     _check_inputs(x, centroids)
+    groups = group_shape(x)
+    n, d, k = x.shape[1], x.shape[-1], centroids.shape[-2]
+    cg = centroids.reshape(-1, k, d)  # [G, K, D]
     # 'auto' never picks the Mosaic kernel: it measured slower than Triton (benchmarks/kmeans_mosaic.py).
     impl = resolve_implementation(implementation)
     if impl == "xla":
-        return kmeans_assign_reference(x, centroids)
-    if impl == "pallas_mosaic":
-        return kmeans_assign_mosaic(x, centroids)
-    interpret = (jax.default_backend() != "gpu") if interpret is None else interpret
-    config = config or KMeansAssignConfig()
-    g, n, d = x.shape
-    k = centroids.shape[1]
-    block_n = min(config.block_n, max(16, pl.next_power_of_2(n)))
-    block_k = min(config.block_k, max(16, pl.next_power_of_2(k)))
-    dp = padded_head_dim(d)
+        labels, dist = kmeans_assign_reference(to_groups(x), cg)
+    elif impl == "pallas_mosaic":
+        labels, dist = kmeans_assign_mosaic(to_groups(x), cg)
+    else:
+        interpret = (jax.default_backend() != "gpu") if interpret is None else interpret
+        config = config or KMeansAssignConfig()
+        block_n = min(config.block_n, max(16, pl.next_power_of_2(n)))
+        block_k = min(config.block_k, max(16, pl.next_power_of_2(k)))
+        dp = padded_head_dim(d)
 
-    c = centroids.astype(x.dtype)
-    cf = c.astype(jnp.float32)
-    cc = jnp.sum(cf * cf, axis=-1)  # [G, K]
-    kp = pl.cdiv(k, block_k) * block_k
-    cc = jnp.pad(cc, ((0, 0), (0, kp - k)), constant_values=jnp.inf)  # [G, Kp]
-    c = pad_axis(pad_axis(c, 1, kp), 2, dp)  # [G, Kp, Dp]
-    # Copies x only when N < block_n or D is not a power of two >= 16.
-    xp = pad_axis(pad_axis(x, 1, max(n, block_n)), 2, dp)  # [G, max(N, bn), Dp]
-    labels, dist = _call(xp, c, cc, block_n=block_n, block_k=block_k, config=config, interpret=interpret)
-    return labels[:, :n], dist[:, :n]
+        c = cg.astype(x.dtype)
+        cf = c.astype(jnp.float32)
+        cc = jnp.sum(cf * cf, axis=-1)  # [G, K]
+        kp = pl.cdiv(k, block_k) * block_k
+        cc = jnp.pad(cc, ((0, 0), (0, kp - k)), constant_values=jnp.inf)  # [G, Kp]
+        c = pad_axis(pad_axis(c, 1, kp), 2, dp)  # [G, Kp, Dp]
+        # Copies x only when N < block_n or D is not a power of two >= 16.
+        xp = pad_axis(pad_axis(x, 1, max(n, block_n)), x.ndim - 1, dp)  # [G | B, max(N, bn), (H,) Dp]
+        labels, dist = _call(xp, c, cc, block_n=block_n, block_k=block_k, config=config, interpret=interpret)
+    return labels[:, :n].reshape(*groups, n), dist[:, :n].reshape(*groups, n)

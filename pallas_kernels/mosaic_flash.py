@@ -1,26 +1,30 @@
-"""The Hopper sparse-attention engine both Mosaic GPU kernels share: a CTA walks a list of key tiles.
+"""The Hopper sparse-attention engine both Mosaic GPU kernels share: CTAs walk lists of key tiles.
 
-A kernel supplies three functions of its index tables (GMEM int32 refs read as scalars):
+A kernel hands the engine ``counts [B, H, nqt]`` (how many key tiles query tile ``t`` of ``(b, h)``
+visits) and two functions of its index tables (GMEM int32 refs read as scalars):
 
-* ``count(tables, at)``: how many key tiles the CTA at ``at = (batch, head, q_tile)`` visits;
-* ``key_row(tables, at, j)``: the first key row of its ``j``-th tile (any row: TMA takes any offset);
-* ``make_mask(tables, at, row0)`` (optional): called once per compute warpgroup (``row0`` = its first
-  query row) and returning a :class:`TileMask` ``(stage1, stage2, apply)``: ``stage1(j)`` loads what
+* ``key_row(tables, at, j)``: the first key row of the ``j``-th tile of the item ``at = (batch, head,
+  q_tile)`` (any row: TMA takes any offset);
+* ``make_mask(tables, at, row0)`` (optional): called once per item and compute warpgroup (``row0`` = its
+  first query row) and returning a :class:`TileMask` ``(stage1, stage2, apply)``: ``stage1(j)`` loads what
   tile ``j`` needs from the tables, ``stage2(j, first)`` what depends on those values, and
   ``apply(first, second, s)`` masks the ``[64, block_k]`` logits. The engine pipelines the loads: step
   ``j`` issues ``stage2`` of tile ``j`` (its inputs came one step earlier) and ``stage1`` of tile
   ``j + 1`` before its ``Q Kᵀ``, and uses them after it, so the loads hide under the matrix multiply
   and only ``stage1``'s few scalars ride in the loop carry (``j`` may pass the list end: clamp).
 
-One CTA per ``(head, query tile, batch)`` runs three warpgroups (the FlashAttention-3 structure):
+The grid is persistent: one CTA per SM deals itself the items of a work list (:func:`work_order`: head
+by head for L2 reuse of K and V, longest list first inside a head). Each CTA runs three warpgroups (the
+FlashAttention-3 structure):
 
-* warpgroup 2 is the producer: it streams the listed K and V tiles into a ring of ``num_stages``
-  shared-memory slots with TMA, waiting on the consumers' "slot free" barriers before reusing a slot;
+* warpgroup 2 is the producer: it streams the listed K and V tiles of all its items into a ring of
+  ``num_stages`` shared-memory slots with TMA, waiting on the consumers' "slot free" barriers before
+  reusing a slot, so the next item's first tiles load while the current item finishes;
 * warpgroups 0 and 1 each own 64 query rows: ``S = Q Kᵀ`` by wgmma from shared memory, base-2 online
   softmax in registers, ``O += P V`` by wgmma with ``P`` in registers; a shared "schedule" barrier
   alternates them so one warpgroup's softmax overlaps the other's matrix multiplies.
 
-A CTA whose count is 0 writes zeros, and so does a row that no tile lets see a key. Head dims that are
+An item whose count is 0 writes zeros, and so does a row that no tile lets see a key. Head dims that are
 multiples of 64 (≤ 256), bf16 or f16.
 """
 
@@ -79,14 +83,37 @@ def check_mosaic_inputs(q: jax.Array, block_q: int, block_k: int) -> None:
         raise ValueError(f"implementation='pallas_mosaic' needs block_k 64 or 128; got {block_k}")
 
 
-def _kernel(tables, q_ref, k_ref, v_ref, out_ref, scoped, *, walk, block_k, sm_scale, stages, dtype):
-    count_fn, key_row, make_mask = walk
-    at = (lax.axis_index("batch"), lax.axis_index("heads"), lax.axis_index("q_tiles"))
-    batch, head, qt = at
+def _kernel(
+    counts_ref,
+    order_ref,
+    tables,
+    q_ref,
+    k_ref,
+    v_ref,
+    out_ref,
+    scoped,
+    *,
+    walk,
+    block_k,
+    sm_scale,
+    stages,
+    dtype,
+):
+    key_row, make_mask = walk
+    sm, n_programs = lax.axis_index("sm"), lax.axis_size("sm")
     wg = lax.axis_index("wg")
     (qo_smem2, k_smem, v_smem), (k_ready, v_ready, q_ready), (k_free, v_free), schedule = scoped
-    head_dim = q_ref.shape[-1]
-    count = count_fn(tables, at)
+    _, nq, heads, head_dim = q_ref.shape
+    n_qt = nq // CTA_ROWS
+    rounds = lax.div(order_ref.shape[0] - sm + n_programs - 1, n_programs)  # this CTA's work items
+
+    def item_at(r):  # the r-th work item of this CTA: (batch, head, query tile)
+        item = order_ref[sm + r * n_programs]
+        bh = lax.div(item, jnp.int32(n_qt))
+        return lax.div(bh, jnp.int32(heads)), lax.rem(bh, jnp.int32(heads)), lax.rem(item, jnp.int32(n_qt))
+
+    def ring(t):  # the ring slot of the CTA's t-th key tile (counted across its work items)
+        return lax.rem(t, jnp.int32(stages))
 
     def schedule_sync():
         plgpu.barrier_arrive(schedule)
@@ -96,94 +123,146 @@ def _kernel(tables, q_ref, k_ref, v_ref, out_ref, scoped, *, walk, block_k, sm_s
     def _compute():
         plgpu.set_max_registers(232, action="increase")
         qo_smem = qo_smem2.at[wg]
-        row0 = qt * CTA_ROWS + wg * WG_ROWS
-        plgpu.copy_gmem_to_smem(q_ref.at[batch, pl.ds(row0, WG_ROWS), head], qo_smem, q_ready.at[wg])
-        mask = make_mask(tables, at, row0) if make_mask is not None else None
-        meta = mask.stage1(0) if mask is not None else ()  # the pipeline's prologue
-        plgpu.barrier_wait(q_ready.at[wg])
-        m_i = plgpu.layout_cast(jnp.full((WG_ROWS,), -jnp.inf, jnp.float32), ROW)
-        l_i = plgpu.layout_cast(jnp.full((WG_ROWS,), 0.0, jnp.float32), ROW)
-        acc = plgpu.layout_cast(jnp.full((WG_ROWS, head_dim), 0.0, jnp.float32), plgpu.Layout.WGMMA)
 
-        @pl.when(count > 0)
-        def _():
-            plgpu.barrier_wait(k_ready.at[0])
+        def work(r, base):
+            at = item_at(r)
+            batch, head, qt = at
+            count = counts_ref[at]
+            row0 = qt * CTA_ROWS + wg * WG_ROWS
+            plgpu.copy_gmem_to_smem(q_ref.at[batch, pl.ds(row0, WG_ROWS), head], qo_smem, q_ready.at[wg])
+            mask = make_mask(tables, at, row0) if make_mask is not None else None
+            meta = mask.stage1(0) if mask is not None else ()  # the pipeline's prologue
+            plgpu.barrier_wait(q_ready.at[wg])
+            m_i = plgpu.layout_cast(jnp.full((WG_ROWS,), -jnp.inf, jnp.float32), ROW)
+            l_i = plgpu.layout_cast(jnp.full((WG_ROWS,), 0.0, jnp.float32), ROW)
+            acc = plgpu.layout_cast(jnp.full((WG_ROWS, head_dim), 0.0, jnp.float32), plgpu.Layout.WGMMA)
 
-        pl.when(wg == 1)(schedule_sync)
+            @pl.when(count > 0)
+            def _():
+                plgpu.barrier_wait(k_ready.at[ring(base)])
 
-        def step(j, carry):
-            acc, m_i, l_i, meta = carry
-            slot = lax.rem(j, jnp.int32(stages))
-            if mask is not None:  # stage 1 of tile j came a step earlier; issue stage 2 and tile j+1's
-                first = meta
-                second = mask.stage2(j, first)
-                meta = mask.stage1(j + 1)
+            pl.when(wg == 1)(schedule_sync)
 
-            def qk(acc_ref):
-                plgpu.wgmma(acc_ref, qo_smem, k_smem.at[slot].transpose((1, 0)))
-                schedule_sync()
-                return acc_ref[...]
+            def step(j, carry):
+                acc, m_i, l_i, meta = carry
+                slot = ring(base + j)
+                if mask is not None:  # stage 1 of tile j came a step earlier; issue stage 2 and tile j+1's
+                    first = meta
+                    second = mask.stage2(j, first)
+                    meta = mask.stage1(j + 1)
 
-            s = pl.run_scoped(qk, plgpu.ACC((WG_ROWS, block_k), jnp.float32))
-            plgpu.barrier_arrive(k_free.at[slot])
-            s = s * (sm_scale * LOG2E)
-            if mask is not None:
-                s = mask.apply(first, second, s)
-            m_new = jnp.maximum(m_i, s.max(axis=1))
-            if mask is not None:  # a row masked everywhere so far keeps m = -inf: shift by 0 instead
-                m_use = jnp.where(m_new == -jnp.inf, 0.0, m_new)
-            else:
-                m_use = m_new
-            alpha = jnp.exp2(m_i - m_use)
-            p = jnp.exp2(s - lax.broadcast_in_dim(m_use, s.shape, [0]))
-            acc = acc * lax.broadcast_in_dim(alpha, acc.shape, [0])
-            l_i = l_i * alpha + p.sum(axis=1)
-            p16 = p.astype(dtype)
-            acc, l_i, m_new, p16 = lax.optimization_barrier((acc, l_i, m_new, p16))
-            plgpu.barrier_arrive(schedule)  # softmax done
-            plgpu.barrier_wait(v_ready.at[slot])
-            plgpu.barrier_wait(schedule)  # tensor cores free
+                def qk(acc_ref):
+                    plgpu.wgmma(acc_ref, qo_smem, k_smem.at[slot].transpose((1, 0)))
+                    schedule_sync()
+                    return acc_ref[...]
 
-            def pv(acc_ref):
-                plgpu.wgmma(acc_ref, p16, v_smem.at[slot])
-                nxt = j + 1
+                s = pl.run_scoped(qk, plgpu.ACC((WG_ROWS, block_k), jnp.float32))
+                plgpu.barrier_arrive(k_free.at[slot])
+                s = s * (sm_scale * LOG2E)
+                if mask is not None:
+                    s = mask.apply(first, second, s)
+                m_new = jnp.maximum(m_i, s.max(axis=1))
+                if mask is not None:  # a row masked everywhere so far keeps m = -inf: shift by 0 instead
+                    m_use = jnp.where(m_new == -jnp.inf, 0.0, m_new)
+                else:
+                    m_use = m_new
+                alpha = jnp.exp2(m_i - m_use)
+                p = jnp.exp2(s - lax.broadcast_in_dim(m_use, s.shape, [0]))
+                acc = acc * lax.broadcast_in_dim(alpha, acc.shape, [0])
+                l_i = l_i * alpha + p.sum(axis=1)
+                p16 = p.astype(dtype)
+                acc, l_i, m_new, p16 = lax.optimization_barrier((acc, l_i, m_new, p16))
+                plgpu.barrier_arrive(schedule)  # softmax done
+                plgpu.barrier_wait(v_ready.at[slot])
+                plgpu.barrier_wait(schedule)  # tensor cores free
 
-                @pl.when(nxt < count)
-                def _():
-                    plgpu.barrier_wait(k_ready.at[lax.rem(nxt, jnp.int32(stages))])
+                def pv(acc_ref):
+                    plgpu.wgmma(acc_ref, p16, v_smem.at[slot])
 
-            acc = pl.run_state(pv)(plgpu.ACC.init(acc))
-            plgpu.barrier_arrive(v_free.at[slot])
-            return acc, m_new, l_i, meta
+                    @pl.when(j + 1 < count)
+                    def _():
+                        plgpu.barrier_wait(k_ready.at[ring(base + j + 1)])
 
-        acc, m_i, l_i, _ = lax.fori_loop(0, count, step, (acc, m_i, l_i, meta))
-        pl.when(wg == 0)(schedule_sync)
-        # Rows that saw no key have l = 0 and acc = 0: output zeros, not NaN.
-        acc = acc / lax.broadcast_in_dim(jnp.maximum(l_i, 1e-30), acc.shape, [0])
-        qo_smem[...] = acc.astype(dtype)
-        plgpu.commit_smem()
-        plgpu.copy_smem_to_gmem(qo_smem, out_ref.at[batch, pl.ds(row0, WG_ROWS), head])
+                acc = pl.run_state(pv)(plgpu.ACC.init(acc))
+                plgpu.barrier_arrive(v_free.at[slot])
+                return acc, m_new, l_i, meta
+
+            acc, m_i, l_i, _ = lax.fori_loop(0, count, step, (acc, m_i, l_i, meta))
+            pl.when(wg == 0)(schedule_sync)
+            # Rows that saw no key have l = 0 and acc = 0: output zeros, not NaN.
+            acc = acc / lax.broadcast_in_dim(jnp.maximum(l_i, 1e-30), acc.shape, [0])
+            qo_smem[...] = acc.astype(dtype)
+            plgpu.commit_smem()
+            plgpu.copy_smem_to_gmem(qo_smem, out_ref.at[batch, pl.ds(row0, WG_ROWS), head])
+            plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # the buffer takes the next item's Q
+            return base + count
+
+        lax.fori_loop(0, rounds, work, jnp.int32(0))
         plgpu.wait_smem_to_gmem(0)
 
     @pl.when(wg == 2)
     def _producer():
         plgpu.set_max_registers(40, action="decrease")
 
-        def fetch(j, slot, wait_free):
-            rows = (batch, pl.ds(key_row(tables, at, j), block_k), head)
-            if wait_free:
-                plgpu.barrier_wait(k_free.at[slot])
-            plgpu.copy_gmem_to_smem(k_ref.at[rows], k_smem.at[slot], k_ready.at[slot])
-            if wait_free:
-                plgpu.barrier_wait(v_free.at[slot])
-            plgpu.copy_gmem_to_smem(v_ref.at[rows], v_smem.at[slot], v_ready.at[slot])
+        def work(r, base):
+            at = item_at(r)
+            batch, head, _ = at
 
-        for i in range(stages):  # prologue: fill the ring (short lists fill part of it)
-            pl.when(i < count)(lambda i=i: fetch(i, i, False))
+            @pl.loop(0, counts_ref[at])
+            def _(j):
+                rows = (batch, pl.ds(key_row(tables, at, j), block_k), head)
+                t = base + j
+                slot = ring(t)
+                reuse = t >= stages  # the ring's first lap fills free slots
 
-        @pl.loop(0, jnp.maximum(count - stages, 0))
-        def _(j):
-            fetch(j + stages, lax.rem(j, jnp.int32(stages)), True)
+                @pl.when(reuse)
+                def _():
+                    plgpu.barrier_wait(k_free.at[slot])
+
+                plgpu.copy_gmem_to_smem(k_ref.at[rows], k_smem.at[slot], k_ready.at[slot])
+
+                @pl.when(reuse)
+                def _():
+                    plgpu.barrier_wait(v_free.at[slot])
+
+                plgpu.copy_gmem_to_smem(v_ref.at[rows], v_smem.at[slot], v_ready.at[slot])
+
+            return base + counts_ref[at]
+
+        lax.fori_loop(0, rounds, work, jnp.int32(0))
+
+
+ORDERS = ("head_lpt", "head", "lpt", "interleave")
+
+
+def work_order(counts: jax.Array, order: str = "head_lpt") -> jax.Array:
+    """The persistent CTAs' work list: flat items ``(b·H + h)·nqt + t`` of ``counts [B, H, nqt]``.
+
+    * ``"head_lpt"`` (default): head by head, so the CTAs running at once share one head's K and V in L2,
+      and longest tile list first inside a head, so the round-robin deal ends evenly;
+    * ``"head"``: head by head, query tiles in order; ``"lpt"``: longest first over everything;
+    * ``"interleave"``: query tile by query tile across heads (what a ``(heads, q_tiles)`` grid launches).
+    """
+    b, h, nqt = counts.shape
+    items = jnp.arange(b * h * nqt, dtype=jnp.int32)
+    if order == "head":
+        return items
+    if order == "interleave":
+        return items.reshape(b, h, nqt).transpose(0, 2, 1).reshape(-1)
+    longest = (jnp.max(counts) - counts).reshape(-1).astype(jnp.int32)  # >= 0, smaller = longer
+    if order == "lpt":
+        return jnp.argsort(longest, stable=True).astype(jnp.int32)
+    if order == "head_lpt":
+        return jnp.argsort(items // nqt * (jnp.max(longest) + 1) + longest, stable=True).astype(jnp.int32)
+    raise ValueError(f"order must be one of {ORDERS}; got {order!r}")
+
+
+def num_programs_for(n_items: int, interpret: bool) -> int:
+    """One persistent CTA per SM (a CTA's three warpgroups use the whole register file)."""
+    if interpret:
+        return min(n_items, 2)
+    dev = jax.devices()[0]
+    return min(n_items, int(getattr(dev, "core_count", 0) or 132))
 
 
 def sparse_flash_mosaic(
@@ -192,33 +271,47 @@ def sparse_flash_mosaic(
     k: jax.Array,
     v: jax.Array,
     *,
-    count: Callable,
+    counts: jax.Array,
     key_row: Callable,
     make_mask: Callable | None,
     block_k: int,
     sm_scale: float,
     num_stages: int = 2,
+    order: str = "head_lpt",
+    num_programs: int | None = None,
     interpret: bool = False,
 ) -> jax.Array:
     """Launch on padded operands: q ``[B, nqt·128, H, D]``; k, v ``[B, Mk, H, D]`` with every listed tile
-    inside ``Mk`` rows. ``tables`` are int32 arrays handed to the three walk functions as GMEM refs."""
+    inside ``Mk`` rows; ``counts [B, H, nqt]`` (int32, ``>= 0``) says how many key tiles each query tile
+    walks. ``tables`` are int32 arrays handed to ``key_row`` and ``make_mask`` as GMEM refs.
+
+    The grid is persistent: ``num_programs`` CTAs (default one per SM) deal the work list of
+    :func:`work_order` round-robin, and each carries its K/V ring across its items, so the producer
+    streams the next item's first tiles while the compute warpgroups finish the current one.
+    """
     b, nq, h, d = q.shape
     stages = max(2, num_stages)
     tiles = (plgpu.TilingTransform((8, 64)), plgpu.SwizzleTransform(128))
-    walk = (count, key_row, make_mask)
+    counts = counts.astype(jnp.int32)
+    order_arr = work_order(counts, order)
+    n_items = order_arr.shape[0]
+    programs = num_programs or num_programs_for(n_items, interpret)
     n_tab = len(tables)
 
     def entry(*refs):
-        tabs, (q_ref, k_ref, v_ref, out_ref) = refs[:n_tab], refs[n_tab:]
+        counts_ref, order_ref = refs[:2]
+        tabs, (q_ref, k_ref, v_ref, out_ref) = refs[2 : 2 + n_tab], refs[2 + n_tab :]
         pl.run_scoped(
             lambda *scoped: _kernel(
+                counts_ref,
+                order_ref,
                 tabs,
                 q_ref,
                 k_ref,
                 v_ref,
                 out_ref,
                 scoped,
-                walk=walk,
+                walk=(key_row, make_mask),
                 block_k=block_k,
                 sm_scale=sm_scale,
                 stages=stages,
@@ -242,10 +335,10 @@ def sparse_flash_mosaic(
     return plgpu.kernel(
         entry,
         out_type=jax.ShapeDtypeStruct(q.shape, q.dtype),
-        grid=(h, nq // CTA_ROWS, b),
-        grid_names=("heads", "q_tiles", "batch"),
+        grid=(programs,),
+        grid_names=("sm",),
         num_threads=3,
         thread_name="wg",
         compiler_params=plgpu.CompilerParams(approx_math=True),
         interpret=plgpu.InterpretGPUParams() if interpret else None,
-    )(*tables, q, k, v)
+    )(counts, order_arr, *tables, q, k, v)

@@ -12,6 +12,7 @@ Reference: svg-project/Sparse-VideoGen ``svg/models/*/attention.py`` (``*_SAPAtt
 """
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +20,14 @@ from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from svg_jax.kmeans import KMeansResult, kmeans
 from svg_jax.layout import TextTokens
-from svg_jax.pallas_kernels import checks, cluster_sparse_attention, permute_tokens
+from svg_jax.pallas_kernels import (
+    checks,
+    cluster_plan_for,
+    cluster_sparse_attention,
+    cluster_sparse_attention_from_plan,
+    padded_rows,
+    permute_tokens,
+)
 from svg_jax.topp import add_text_clusters, cluster_probabilities, selected_mass, top_p_cluster_map
 
 # flash-kmeans as vendored by SVG2 stops when no centroid moves by more than this (L2).
@@ -190,12 +198,23 @@ def _split_text(x: Float[Array, "B N H D"], text: TextTokens | None):
     return x[:, :-ctx], x[:, -ctx:]
 
 
-def _join_text(video: Float[Array, "B Nv H D"], txt, text: TextTokens | None) -> Float[Array, "B N H D"]:
-    """Inverse of :func:`_split_text`."""
-    if text is None:
-        return video
-    parts = (txt, video) if text.placement == "first" else (video, txt)
-    return jnp.concatenate(parts, axis=1)
+def cluster_order(labels: Int[Array, "*G N"], num_clusters: int) -> Int[Array, "*G N"]:
+    """``argsort(labels, axis=-1, stable=True)`` as one flat sort over all groups.
+
+    Group ``g``'s keys are offset by ``g·num_clusters``, so a single stable 1-D sort of every group's rows
+    (a device-wide radix sort on GPU) lays the groups out one after another; subtracting each group's
+    start gives the per-group order. Identical to the batched argsort, which sorts each group apart.
+    """
+    *lead, n = labels.shape
+    g = math.prod(lead)
+    if g * num_clusters >= 2**31:
+        raise ValueError(
+            f"cluster_order needs groups·num_clusters < 2**31 for int32 keys; got {g}·{num_clusters}"
+        )
+    base = jnp.arange(g, dtype=jnp.int32)[:, None]
+    keys = (labels.reshape(g, n).astype(jnp.int32) + num_clusters * base).reshape(-1)  # [G·N]
+    order = jnp.argsort(keys, stable=True).astype(jnp.int32).reshape(g, n)
+    return (order - n * base).reshape(labels.shape)
 
 
 def inverse_permutation(perm: Int[Array, "*G N"]) -> Int[Array, "*G N"]:
@@ -235,23 +254,18 @@ def _check_call(q, k, v, config, cache, text) -> None:
 
 
 def _cluster(x, cached, warm, key, *, num_clusters: int, config: SVG2Config, implementation, interpret):
-    """Per-(batch, head) k-means of ``[B, Nv, H, D]`` tokens: cold (``key``) or warm (``cached``)."""
-    b, n, h, d = x.shape
-    xg = jnp.swapaxes(x, 1, 2).reshape(b * h, n, d)  # [G, Nv, D]
+    """Per-(batch, head) k-means of ``[B, Nv, H, D]`` tokens, read in place: cold (``key``) or warm
+    (``cached [B, H, C, D]``). Returns labels ``[B, H, Nv]``, centroids, sizes ``[B, H, C]``, iterations."""
     opts = dict(tol=KMEANS_TOL, implementation=implementation, interpret=interpret)
 
     def cold(_) -> KMeansResult:
-        return kmeans(xg, num_clusters, num_iters=config.kmeans_init_iters, key=key, **opts)
+        return kmeans(x, num_clusters, num_iters=config.kmeans_init_iters, key=key, **opts)
 
     def hot(_) -> KMeansResult:
-        init = cached.reshape(b * h, num_clusters, d)  # [G, C, D]
-        return kmeans(xg, num_clusters, num_iters=config.kmeans_warm_iters, init_centroids=init, **opts)
+        return kmeans(x, num_clusters, num_iters=config.kmeans_warm_iters, init_centroids=cached, **opts)
 
     res = jax.lax.cond(warm, hot, cold, None)
-    labels = res.labels.reshape(b, h, n)  # [B, H, Nv]
-    centroids = res.centroids.reshape(b, h, num_clusters, d)  # [B, H, C, D]
-    sizes = res.sizes.reshape(b, h, num_clusters)  # [B, H, C]
-    return labels, centroids, sizes, res.num_iters_run
+    return res.labels, res.centroids, res.sizes, res.num_iters_run
 
 
 def svg2_plan(
@@ -306,8 +320,8 @@ def svg2_plan(
     plan = SVG2Plan(
         q_labels=q_lab,
         k_labels=k_lab,
-        q_perm=jnp.argsort(q_lab, axis=-1, stable=True).astype(jnp.int32),
-        k_perm=jnp.argsort(k_lab, axis=-1, stable=True).astype(jnp.int32),
+        q_perm=cluster_order(q_lab, config.num_q_clusters),
+        k_perm=cluster_order(k_lab, config.num_k_clusters),
         q_cluster_sizes=q_sizes_all,
         k_cluster_sizes=k_sizes_all,
         cluster_map=cmap_all,
@@ -318,6 +332,23 @@ def svg2_plan(
         density=pair / float(n) ** 2, estimated_recall=recall, q_kmeans_iters=q_iters, k_kmeans_iters=k_iters
     )
     return plan, new_cache, stats
+
+
+def _kernel_order(
+    perm: Int[Array, "B H Nv"], text: TextTokens | None, n: int, rows: int
+) -> Int[Array, "B H R"]:
+    """Source token of each row of the kernel's input: the video tokens in cluster order, then the text
+    tokens, then ``rows - n`` padding rows (copies of token 0: finite, and masked by the plan)."""
+    b, h, nv = perm.shape
+    ctx = n - nv
+    first = text is not None and text.placement == "first"
+    parts = [perm + (ctx if first else 0)]
+    if ctx:
+        start = 0 if first else nv
+        parts.append(jnp.broadcast_to(jnp.arange(start, start + ctx, dtype=perm.dtype), (b, h, ctx)))
+    if rows > n:
+        parts.append(jnp.zeros((b, h, rows - n), perm.dtype))
+    return jnp.concatenate(parts, axis=-1) if len(parts) > 1 else perm
 
 
 def apply_svg2_plan(
@@ -331,29 +362,36 @@ def apply_svg2_plan(
     implementation: str = "auto",
     interpret: bool | None = None,
 ) -> Float[Array, "B N H D"]:
-    """Permute by the plan, run cluster-sparse attention, and restore the original token order."""
-    qv, qt = _split_text(q, text)
-    kv, kt = _split_text(k, text)
-    vv, vt = _split_text(v, text)
-    nv = qv.shape[1]
-    perm_opts = dict(implementation=implementation, interpret=interpret)
-    (qs,) = permute_tokens([qv], plan.q_perm, **perm_opts)  # [B, Nv, H, D] in cluster order
-    ks, vs = permute_tokens([kv, vv], plan.k_perm, **perm_opts)  # v follows k
-    if text is not None:
-        qs, ks, vs = (jnp.concatenate([a, t], axis=1) for a, t in ((qs, qt), (ks, kt), (vs, vt)))
-    out = cluster_sparse_attention(
-        qs,
-        ks,
-        vs,
+    """Permute by the plan, run cluster-sparse attention, and restore the original token order.
+
+    One gather per operand builds the kernel's input from the whole sequence (video tokens in cluster
+    order, text tokens, and the kernel's padding rows: :func:`~svg_jax.pallas_kernels.padded_rows`), so
+    nothing is split, concatenated or padded apart; one gather of the kernel's output restores the order.
+    """
+    n = q.shape[1]
+    impl, tile_plan = cluster_plan_for(
+        q,
+        k,
         plan.q_cluster_sizes,
         plan.k_cluster_sizes,
         plan.cluster_map,
-        sm_scale=sm_scale,
         implementation=implementation,
-        interpret=interpret,
-    )  # [B, N, H, D] sorted
-    (out_v,) = permute_tokens([out[:, :nv]], inverse_permutation(plan.q_perm), **perm_opts)  # original order
-    return _join_text(out_v, out[:, nv:] if text is not None else None, text)
+    )
+    rows_q, rows_k = (n, n) if tile_plan is None else padded_rows(tile_plan, impl)
+    q_src = _kernel_order(plan.q_perm, text, n, rows_q)  # [B, H, rows_q]
+    k_src = _kernel_order(plan.k_perm, text, n, rows_k)
+    perm_opts = dict(implementation=implementation, interpret=interpret)
+    (qs,) = permute_tokens([q], q_src, **perm_opts)  # [B, rows_q, H, D] in cluster order
+    ks, vs = permute_tokens([k, v], k_src, **perm_opts)  # v follows k
+    if tile_plan is None:
+        sizes = (plan.q_cluster_sizes, plan.k_cluster_sizes, plan.cluster_map)
+        out = cluster_sparse_attention(qs, ks, vs, *sizes, sm_scale=sm_scale, implementation=impl)
+    else:
+        out = cluster_sparse_attention_from_plan(
+            qs, ks, vs, tile_plan, sm_scale=sm_scale, implementation=impl, interpret=interpret
+        )  # [B, rows_q, H, D] sorted
+    (restored,) = permute_tokens([out], inverse_permutation(q_src[..., :n]), **perm_opts)
+    return restored
 
 
 def svg2_attention(

@@ -161,6 +161,28 @@ def test_gpu_mosaic_matches_reference(dtype, b, h, n, m, d, block_k, density):
     np.testing.assert_array_equal(np.asarray(auto), np.asarray(out))  # 'auto' picks Mosaic on Hopper
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("order", ["head_lpt", "head", "lpt", "interleave"])
+@pytest.mark.parametrize("programs, block_k, stages", [(3, 64, 2), (5, 128, 2), (2, 64, 3)])
+def test_gpu_mosaic_persistent_ring_across_items(order, programs, block_k, stages):
+    """Few persistent CTAs, each dealt many items of uneven (and zero) length: the K/V ring, the barrier
+    phases and the Q/O buffer carry across items, in every work order."""
+    if not is_hopper():
+        pytest.skip("the Mosaic kernel needs an sm90 GPU")
+    from svg_jax.pallas_kernels.block_sparse_attn_mosaic import block_sparse_attention_mosaic
+
+    b, h, n, m, d = 2, 3, 900, 1100, 128
+    q, k, v = random_qkv(14, b, n, m, h, d, jnp.bfloat16)
+    idx, cnt = random_lists(15, b, h, -(-n // 128), -(-m // block_k), 0.5)
+    cnt = cnt.at[0, 1].set(0).at[1, :, 3].set(1)  # whole heads of empty lists, and single tiles
+    opts = dict(block_k=block_k, num_stages=stages, num_programs=programs, order=order)
+    fn = functools.partial(block_sparse_attention_mosaic, sm_scale=d**-0.5, **opts)
+    out = jax.jit(fn)(q, k, v, idx, cnt)
+    ref = block_sparse_attention_reference(q, k, v, idx, cnt, block_q=128, block_k=block_k)
+    assert_close(out, ref, jnp.bfloat16)
+    assert float(jnp.abs(out[0, :, 1].astype(jnp.float32)).max()) == 0.0
+
+
 @pytest.mark.parametrize(
     "dtype, d, block_q, block_k, match",
     [

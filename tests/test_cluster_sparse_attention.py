@@ -12,10 +12,12 @@ from kernel_utils import REL_TOL, assert_close, random_cluster_sizes, random_qkv
 
 from svg_jax.pallas_kernels import (
     cluster_map_to_mask,
+    cluster_plan_for,
     cluster_sparse_attention,
     cluster_sparse_attention_from_plan,
     cluster_sparse_attention_reference,
     cluster_tile_plan,
+    padded_rows,
 )
 from svg_jax.pallas_kernels.cluster_plan import MAX_SPAN, decode_chunk, decode_span
 from svg_jax.pallas_kernels.common import is_hopper
@@ -200,6 +202,37 @@ def test_fuzz_aligned_plan(n, m, cq, ck, density, seed):
     assert_close(out, ref, jnp.float32)
 
 
+def _pad_with_copies(x, rows):
+    """``x`` with ``rows - N`` extra rows copied from row 0 (finite padding, as SVG2's gather lays out)."""
+    return jnp.concatenate([x, jnp.broadcast_to(x[:, :1], (x.shape[0], rows - x.shape[1], *x.shape[2:]))], 1)
+
+
+@pytest.mark.parametrize("implementation", ["pallas_triton", "pallas_mosaic"])
+def test_padded_operands_are_read_in_place(implementation):
+    """Operands already at ``padded_rows`` length (any finite padding) give the unpadded result; other
+    lengths are refused by name. The Mosaic variant only builds its plan here (it runs on the GPU)."""
+    b, h, n, m, d = 1, 2, 70, 45, 64
+    dtype = jnp.float32 if implementation == "pallas_triton" else jnp.bfloat16
+    q, k, v = random_qkv(31, b, n, m, h, d, dtype)
+    qs, ks, cmap = random_problem(32, b, n, m, h, 5, 6, 0.5)
+    impl, plan = cluster_plan_for(q, k, qs, ks, cmap, implementation=implementation)
+    assert impl == implementation
+    rows_q, rows_k = padded_rows(plan, impl)
+    assert rows_q == plan.q_labels.shape[2] and rows_q % plan.block_q == 0 and rows_q >= n
+    assert rows_k >= m + plan.block_k and (impl == "pallas_triton" or rows_k % 8 == 0)
+    with pytest.raises(ValueError, match="plan does not fit q/k"):
+        cluster_sparse_attention_from_plan(q, k[:, :-1], v[:, :-1], plan, implementation=impl)
+    if impl == "pallas_mosaic":
+        return
+    qp, kp, vp = _pad_with_copies(q, rows_q), _pad_with_copies(k, rows_k), _pad_with_copies(v, rows_k)
+    run = functools.partial(cluster_sparse_attention_from_plan, implementation=impl, interpret=True)
+    out = run(qp, kp, vp, plan)
+    assert out.shape == (b, rows_q, h, d)
+    np.testing.assert_allclose(out[:, :n], run(q, k, v, plan), rtol=1e-6, atol=1e-6)
+    ref = cluster_sparse_attention_reference(q, k, v, qs, ks, cmap)
+    assert_close(out[:, :n], ref, jnp.float32)
+
+
 # Mosaic GPU (Hopper) kernel: compiled on the GPU only (Mosaic's CPU simulator cannot run wgmma in
 # registers); the argument checks run everywhere.
 @pytest.mark.gpu
@@ -230,6 +263,27 @@ def test_gpu_mosaic_matches_reference(dtype, b, h, n, m, d, cq, ck, block_k, den
     if block_k == 64:  # 'auto' picks Mosaic on Hopper with its default tiles
         auto = jax.jit(cluster_sparse_attention)(q, k, v, qs, ks, cmap)
         np.testing.assert_array_equal(np.asarray(auto), np.asarray(out))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("order", ["head_lpt", "interleave"])
+@pytest.mark.parametrize("programs, block_k", [(3, 64), (4, 128)])
+def test_gpu_mosaic_persistent_ring_across_items(order, programs, block_k):
+    """Few persistent CTAs dealt many items each (some with no chunks): same result as the oracle."""
+    if not is_hopper():
+        pytest.skip("the Mosaic kernel needs an sm90 GPU")
+    from svg_jax.pallas_kernels.cluster_sparse_attn_mosaic import cluster_sparse_attention_mosaic
+
+    b, h, n, m, d, cq, ck = 2, 2, 1500, 1300, 128, 14, 40
+    q, k, v = random_qkv(24, b, n, m, h, d, jnp.bfloat16)
+    qs, ks, cmap = random_problem(25, b, n, m, h, cq, ck, 0.3)
+    cmap = cmap.at[:, :, :3].set(False)  # the first query clusters select nothing: empty tiles
+    plan = cluster_tile_plan(qs, ks, cmap, num_q=n, num_k=m, block_q=128, block_k=block_k, row_align=8)
+    opts = dict(sm_scale=d**-0.5, num_programs=programs, order=order)
+    fn = functools.partial(cluster_sparse_attention_mosaic, **opts)
+    out = jax.jit(fn)(q, k, v, plan)
+    ref = jax.jit(cluster_sparse_attention_reference)(q, k, v, qs, ks, cmap)
+    assert_close(out, ref, jnp.bfloat16)
 
 
 @pytest.mark.parametrize(

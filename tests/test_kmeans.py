@@ -94,8 +94,13 @@ def test_assign_bad_inputs():
     # Shape errors: ValueError from the wrapper, or TypeError from jaxtyping when its checks are enabled.
     with pytest.raises((ValueError, TypeError), match="x must have rank 3|parameter 'x'"):
         kmeans_assign(x[0], c)
-    with pytest.raises((ValueError, TypeError), match="agree on groups and dim|parameter 'centroids'"):
+    with pytest.raises((ValueError, TypeError), match="groups .* and dim D=4|parameter 'centroids'"):
         kmeans_assign(x, c[:, :, :3])
+    xt = x.reshape(1, 8, 2, 4)  # token-major [B, N, H, D] wants [B, H, K, D] centroids
+    with pytest.raises((ValueError, TypeError), match=r"rank 4 \[B, H, K, D\]|parameter 'centroids'"):
+        kmeans_assign(xt, c)
+    with pytest.raises((ValueError, TypeError), match=r"groups \(1, 2\)|parameter 'centroids'"):
+        kmeans_assign(xt, c.reshape(2, 1, 3, 4))
     with pytest.raises(ValueError, match="implementation"):
         kmeans_assign(x, c, implementation="cuda")
     with pytest.raises(ValueError, match="block_n"):
@@ -110,6 +115,42 @@ def test_assign_kernel_compiled_gpu(shape, dtype):
     x, c = _data(1, *shape, dtype)
     labels, dist = jax.jit(lambda a, b: kmeans_assign(a, b, implementation="pallas_triton"))(x, c)
     _check_assignment(x, c, labels, dist, dtype)
+    # Token-major: the same groups read in place from [B, N, H, D] (the compiled dot may sum in another
+    # order than the grouped launch, so the contract is the oracle's tolerance, not bit equality).
+    g, n, _, d = shape
+    xt = jnp.swapaxes(x.reshape(2, g // 2, n, d), 1, 2) if g % 2 == 0 else x.swapaxes(0, 1)[None]
+    ct = c.reshape(xt.shape[0], xt.shape[2], -1, d)
+    lt, dt = jax.jit(lambda a, b: kmeans_assign(a, b, implementation="pallas_triton"))(xt, ct)
+    assert lt.shape == (xt.shape[0], xt.shape[2], n)
+    _check_assignment(x, c, np.asarray(lt).reshape(labels.shape), np.asarray(dt).reshape(dist.shape), dtype)
+
+
+def _token_major(x: jax.Array, b: int) -> jax.Array:
+    """``[G, N, D]`` with ``G = b·h`` as the attention layout ``[B, N, H, D]`` (group ``g = b·H + h``)."""
+    g, n, d = x.shape
+    return jnp.swapaxes(x.reshape(b, g // b, n, d), 1, 2)
+
+
+@settings(max_examples=5, derandomize=True, deadline=None)
+@given(
+    b=st.integers(1, 2),
+    h=st.integers(1, 3),
+    n=st.integers(1, 70),
+    k=st.integers(1, 40),
+    d=st.sampled_from([5, 16, 24]),
+    dtype=st.sampled_from([jnp.float32, jnp.bfloat16]),
+)
+def test_assign_token_major_reads_groups_in_place(b, h, n, k, d, dtype):
+    """``[B, N, H, D]`` input (strided rows, no transpose) gives the grouped kernel's exact results."""
+    x, c = _data(n * 7 + k, b * h, n, k, d, dtype)
+    xt, ct = _token_major(x, b), c.reshape(b, h, k, d)
+    want = kmeans_assign(x, c, implementation="pallas_triton", interpret=True, config=SMALL_TILES)
+    got = kmeans_assign(xt, ct, implementation="pallas_triton", interpret=True, config=SMALL_TILES)
+    for w, g_ in zip(want, got, strict=True):
+        assert g_.shape == (b, h, n)
+        np.testing.assert_array_equal(np.asarray(g_).reshape(b * h, n), w)
+    ref = kmeans_assign(xt, ct, implementation="xla")
+    np.testing.assert_array_equal(np.asarray(ref[0]).reshape(b * h, n), kmeans_assign_reference(x, c)[0])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -211,6 +252,37 @@ def test_pallas_path_matches_xla_path():
     np.testing.assert_allclose(a.centroids, b.centroids, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("implementation", ["pallas_triton", "xla"])
+def test_token_major_kmeans_matches_grouped(implementation):
+    """Token-major ``[B, N, H, D]`` k-means (what SVG2 runs on q and k) = the grouped run, cold and warm."""
+    b, h = 2, 3
+    x = _blobs(9, b * h, 80, 8, 5)
+    xt = _token_major(x, b)
+    kw = dict(num_clusters=7, implementation=implementation, interpret=True)
+    cold_g = kmeans_jit(x, num_iters=4, key=jax.random.key(1), **kw)
+    cold_t = kmeans_jit(xt, num_iters=4, key=jax.random.key(1), **kw)
+    assert cold_t.labels.shape == (b, h, 80) and cold_t.centroids.shape == (b, h, 7, 8)
+    np.testing.assert_array_equal(np.asarray(cold_t.labels).reshape(b * h, 80), cold_g.labels)
+    np.testing.assert_allclose(np.asarray(cold_t.centroids).reshape(b * h, 7, 8), cold_g.centroids, rtol=1e-6)
+    np.testing.assert_array_equal(np.asarray(cold_t.sizes).reshape(b * h, 7), cold_g.sizes)
+    warm_t = kmeans_jit(xt, num_iters=2, init_centroids=cold_t.centroids, **kw)
+    warm_g = kmeans_jit(x, num_iters=2, init_centroids=cold_g.centroids, **kw)
+    np.testing.assert_array_equal(np.asarray(warm_t.labels).reshape(b * h, 80), warm_g.labels)
+    sizes = np.asarray(warm_t.sizes)
+    np.testing.assert_array_equal(sizes.sum(-1), np.full((b, h), 80))  # sizes == bincount(labels)
+
+
+def test_token_major_update_keeps_empty_clusters():
+    x = jnp.arange(2 * 5 * 3 * 2, dtype=jnp.float32).reshape(2, 5, 3, 2)  # [B, N, H, D]
+    labels = jnp.zeros((2, 3, 5), jnp.int32).at[1, 2, 4].set(2)  # cluster 1 empty everywhere
+    init = jnp.full((2, 3, 3, 2), -7.0)
+    c, s = update_centroids(x, labels, init)
+    np.testing.assert_array_equal(s[1, 2], [4, 0, 1])
+    np.testing.assert_array_equal(c[:, :, 1], init[:, :, 1])
+    np.testing.assert_allclose(c[1, 2, 2], x[1, 4, 2])
+    np.testing.assert_allclose(c[0, 1, 0], x[0, :, 1].mean(0))
+
+
 def test_bf16_input_gives_f32_centroids():
     x = _blobs(6, 1, 64, 8, 3).astype(jnp.bfloat16)
     res = kmeans_jit(x, num_clusters=4, num_iters=3, key=jax.random.key(0))
@@ -230,11 +302,15 @@ def test_bf16_input_gives_f32_centroids():
             "exactly one of key",
         ),
         (dict(num_clusters=2, num_iters=1, init_centroids=jnp.zeros((1, 3, 3))), "init_centroids"),
+        (
+            dict(num_clusters=2, num_iters=1, init_centroids=jnp.zeros((1, 2, 3)), rank4=True),
+            r"\[B, H, K, D\]",
+        ),
         (dict(num_clusters=2, num_iters=1, key=jax.random.key(0), tol=-1.0), "tol"),
     ],
 )
 def test_kmeans_bad_arguments(kwargs, match):
-    x = jnp.zeros((1, 10, 3))
+    x = jnp.zeros((1, 10, 1, 3)) if kwargs.pop("rank4", False) else jnp.zeros((1, 10, 3))
     with pytest.raises(ValueError, match=match):
         kmeans(x, kwargs.pop("num_clusters"), **kwargs)
 

@@ -1,0 +1,116 @@
+"""Where SVG2's per-call overhead goes: the plan timed back to back and profiled kernel by kernel.
+
+    python benchmarks/svg2_overhead.py --out benchmarks/results/svg2_overhead_h200.json
+
+Compares, on the Wan 720p preset's shapes (B1 H40 N75600 D128 bf16, 300 / 1000 clusters, warm cache):
+* ``plan``: the whole warm ``svg2_plan`` as shipped;
+* ``cluster_new``: its clustering core, k-means reading q, k token-major ``[B, N, H, D]`` in place plus
+  the flat ``cluster_order`` sort;
+* ``cluster_old``: the core it replaced, a ``[G, N, D]`` transpose of q and k, k-means on the copies
+  and a batched ``argsort`` per group;
+* ``chunk_plan``: the Mosaic kernel's chunk plan built from the SVG2 plan (part of the attention call);
+* ``svg2_attention_warm``: the whole warm call.
+Each is timed as a loop of back-to-back calls (``harness.time_loop``) and profiled with ``jax.profiler``
+(GPU kernel time per call, by kernel). Old and new alternate, so drift hits both. The summary's overhead
+is every GPU kernel of the warm call but the attention kernel, against cuDNN dense attention.
+"""
+
+import argparse
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import device_info, device_op_times, time_loop, write_json  # noqa: E402
+from svg2 import mixture_qkv, mosaic_chunk_plan  # noqa: E402
+
+from svg_jax import svg2  # noqa: E402
+from svg_jax.kmeans import kmeans  # noqa: E402
+from svg_jax.pallas_kernels.kmeans import to_groups  # noqa: E402
+from svg_jax.svg2 import SVG2Cache, svg2_attention, svg2_plan  # noqa: E402
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", required=True)
+    p.add_argument("--preset", default="wan2.1-t2v-14b-720p", choices=sorted(svg2.PRESETS))
+    p.add_argument("--tokens", type=int, default=75600)
+    p.add_argument("--heads", type=int, default=40)
+    p.add_argument("--rounds", type=int, default=5)
+    args = p.parse_args(argv)
+    config = svg2.PRESETS[args.preset]
+    b, n, h, d = 1, args.tokens, args.heads, 128
+    cq, ck, iters = config.num_q_clusters, config.num_k_clusters, config.kmeans_warm_iters
+    key = jax.random.key(0)
+    q, k, v = mixture_qkv(key, b, n, h, d, 8, jnp.bfloat16)
+    cache = SVG2Cache.create(1, b, h, config, d).layer(0)
+    full = jax.jit(lambda q, k, v, c, key: svg2_attention(q, k, v, config=config, cache=c, key=key))
+    _, cache, _ = full(q, k, v, cache, key)
+
+    def cluster_new(q, k, cache, plan):
+        rq = kmeans(q, cq, num_iters=iters, init_centroids=cache.q_centroids)
+        rk = kmeans(k, ck, num_iters=iters, init_centroids=cache.k_centroids)
+        orders = svg2.cluster_order(rq.labels, cq), svg2.cluster_order(rk.labels, ck)
+        return *orders, rq.centroids, rk.centroids
+
+    def cluster_old(q, k, cache, plan):
+        g = b * h
+        rq = kmeans(to_groups(q), cq, num_iters=iters, init_centroids=cache.q_centroids.reshape(g, cq, d))
+        rk = kmeans(to_groups(k), ck, num_iters=iters, init_centroids=cache.k_centroids.reshape(g, ck, d))
+        order = [jnp.argsort(r.labels, axis=-1, stable=True) for r in (rq, rk)]
+        return *order, rq.centroids, rk.centroids
+
+    plan_fn = jax.jit(lambda q, k, cache, plan=None: svg2_plan(q, k, config=config, cache=cache, key=key))
+    plan, _, _ = plan_fn(q, k, cache)
+
+    fns = {
+        "plan": plan_fn,
+        "cluster_new": jax.jit(cluster_new),
+        "cluster_old": jax.jit(cluster_old),
+        "chunk_plan": jax.jit(lambda q, k, cache, plan: mosaic_chunk_plan(plan, n)),
+        "svg2_attention_warm": jax.jit(lambda q, k, cache, plan: full(q, k, v, cache, key)),
+    }
+    timings: dict[str, list[dict]] = {name: [] for name in fns}
+    for _ in range(args.rounds):  # alternate, so clock drift hits every variant alike
+        for name, fn in fns.items():
+            timings[name].append(time_loop(fn, q, k, cache, plan, calls=10, rounds=1))
+    impl = "cudnn" if jax.default_backend() == "gpu" else None
+    dense = jax.jit(lambda q, k, v: jax.nn.dot_product_attention(q, k, v, implementation=impl))
+    dense_ms = time_loop(dense, q, k, v, calls=3, rounds=3)["median_ms"]
+    rows = {}
+    for name, fn in fns.items():
+        med = sorted(t["median_ms"] for t in timings[name])[len(timings[name]) // 2]
+        prof = device_op_times(fn, q, k, cache, plan)
+        rows[name] = {"median_ms": med, "samples_ms": [t["median_ms"] for t in timings[name]], **prof}
+        print(f"{name:<12} {med:8.3f} ms (loop)  {prof['total_ms']:8.3f} ms (kernels)")
+        for op in prof["ops"][:15]:
+            print(f"    {op['ms']:8.3f} ms  x{op['count']:<5g} {op['name'][:100]}")
+    call = rows["svg2_attention_warm"]
+    is_attention = lambda name: "mosaic_gpu" in name or "cluster_sparse" in name
+    kernel_ms = sum(op["ms"] for op in call["ops"] if is_attention(op["name"]))
+    summary = {
+        "dense_cudnn_ms": dense_ms,
+        "attention_kernel_ms": kernel_ms,
+        "overhead_ms": call["total_ms"] - kernel_ms,  # every other GPU kernel of the warm call
+        "overhead_vs_dense": (call["total_ms"] - kernel_ms) / dense_ms,
+        "speedup_vs_dense": dense_ms / call["median_ms"],
+    }
+    print(summary)
+    write_json(
+        args.out,
+        {
+            **device_info(),
+            "benchmark": "svg2_overhead",
+            "command": "python benchmarks/svg2_overhead.py " + " ".join(argv or sys.argv[1:]),
+            "shape": dict(B=b, N=n, H=h, D=d, q_clusters=cq, k_clusters=ck, warm_iters=iters),
+            "results": rows,
+            "summary": summary,
+        },
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
