@@ -2,6 +2,8 @@
 
 import datetime
 import functools
+import glob
+import gzip
 import json
 import os
 import statistics
@@ -131,9 +133,6 @@ def device_op_times(fn: Callable, *args, reps: int = 3, top: int = 25) -> dict:
     Returns ``{"total_ms": ..., "ops": [{"name", "ms", "count"}, ...]}`` (``top`` largest), where each
     time is the sum over the trace divided by ``reps``. Needs the warm-up done by the caller.
     """
-    import glob
-    import gzip
-
     jax.block_until_ready(fn(*args))
     with tempfile.TemporaryDirectory() as log_dir:
         with jax.profiler.trace(log_dir):

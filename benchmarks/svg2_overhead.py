@@ -17,6 +17,7 @@ is every GPU kernel of the warm call but the attention kernel, against cuDNN den
 
 import argparse
 import os
+import statistics
 import sys
 
 import jax
@@ -62,8 +63,8 @@ def main(argv=None) -> int:
         order = [jnp.argsort(r.labels, axis=-1, stable=True) for r in (rq, rk)]
         return *order, rq.centroids, rk.centroids
 
-    plan_fn = jax.jit(lambda q, k, cache, plan=None: svg2_plan(q, k, config=config, cache=cache, key=key))
-    plan, _, _ = plan_fn(q, k, cache)
+    plan_fn = jax.jit(lambda q, k, cache, _: svg2_plan(q, k, config=config, cache=cache, key=key))
+    plan, _, _ = plan_fn(q, k, cache, None)
 
     fns = {
         "plan": plan_fn,
@@ -81,7 +82,7 @@ def main(argv=None) -> int:
     dense_ms = time_loop(dense, q, k, v, calls=3, rounds=3)["median_ms"]
     rows = {}
     for name, fn in fns.items():
-        med = sorted(t["median_ms"] for t in timings[name])[len(timings[name]) // 2]
+        med = statistics.median(t["median_ms"] for t in timings[name])
         prof = device_op_times(fn, q, k, cache, plan)
         rows[name] = {"median_ms": med, "samples_ms": [t["median_ms"] for t in timings[name]], **prof}
         print(f"{name:<12} {med:8.3f} ms (loop)  {prof['total_ms']:8.3f} ms (kernels)")

@@ -23,8 +23,8 @@ from svg_jax.layout import TextTokens
 from svg_jax.pallas_kernels import (
     checks,
     cluster_plan_for,
-    cluster_sparse_attention,
     cluster_sparse_attention_from_plan,
+    cluster_sparse_attention_reference,
     padded_rows,
     permute_tokens,
 )
@@ -383,9 +383,10 @@ def apply_svg2_plan(
     perm_opts = dict(implementation=implementation, interpret=interpret)
     (qs,) = permute_tokens([q], q_src, **perm_opts)  # [B, rows_q, H, D] in cluster order
     ks, vs = permute_tokens([k, v], k_src, **perm_opts)  # v follows k
-    if tile_plan is None:
+    if tile_plan is None:  # the oracle (inputs validated by cluster_plan_for)
         sizes = (plan.q_cluster_sizes, plan.k_cluster_sizes, plan.cluster_map)
-        out = cluster_sparse_attention(qs, ks, vs, *sizes, sm_scale=sm_scale, implementation=impl)
+        sm = checks.default_sm_scale(q) if sm_scale is None else float(sm_scale)
+        out = cluster_sparse_attention_reference(qs, ks, vs, *sizes, sm_scale=sm)
     else:
         out = cluster_sparse_attention_from_plan(
             qs, ks, vs, tile_plan, sm_scale=sm_scale, implementation=impl, interpret=interpret
