@@ -2,20 +2,20 @@
 
     python benchmarks/svg2_overhead.py --out benchmarks/results/svg2_overhead_h200.json
 
-Compares, on the Wan 720p preset's shapes (B1 H40 N75600 D128 bf16, 300 / 1000 clusters, warm cache):
+Times, on the Wan 720p preset's shapes (B1 H40 N75600 D128 bf16, 300 / 1000 clusters, warm cache,
+Gaussian-mixture tokens):
 * ``plan``: the whole warm ``svg2_plan`` as shipped;
-* ``cluster_new``: its clustering core, k-means reading q, k token-major ``[B, N, H, D]`` in place plus
-  the flat ``cluster_order`` sort;
-* ``cluster_old``: the core it replaced, a ``[G, N, D]`` transpose of q and k, k-means on the copies
-  and a batched ``argsort`` per group;
 * ``chunk_plan``: the Mosaic kernel's chunk plan built from the SVG2 plan (part of the attention call);
-* ``svg2_attention_warm``: the whole warm call.
+* ``svg2_attention_warm``: the whole warm call, clusters laid out by seriation (the default);
+* ``svg2_attention_warm_label_order``: the same call with ``layout_sweeps=0`` (k-means label order, the
+  official layout), for the A/B of the cluster layout; the tile densities of both layouts are reported.
 Each is timed as a loop of back-to-back calls (``harness.time_loop``) and profiled with ``jax.profiler``
-(GPU kernel time per call, by kernel). Old and new alternate, so drift hits both. The summary's overhead
+(GPU kernel time per call, by kernel). The variants alternate, so drift hits all. The summary's overhead
 is every GPU kernel of the warm call but the attention kernel, against cuDNN dense attention.
 """
 
 import argparse
+import dataclasses
 import os
 import statistics
 import sys
@@ -28,8 +28,6 @@ from harness import device_info, device_op_times, time_loop, write_json  # noqa:
 from svg2 import mixture_qkv, mosaic_chunk_plan  # noqa: E402
 
 from svg_jax import svg2  # noqa: E402
-from svg_jax.kmeans import kmeans  # noqa: E402
-from svg_jax.pallas_kernels.kmeans import to_groups  # noqa: E402
 from svg_jax.svg2 import SVG2Cache, svg2_attention, svg2_plan  # noqa: E402
 
 
@@ -42,36 +40,37 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=5)
     args = p.parse_args(argv)
     config = svg2.PRESETS[args.preset]
+    label_order = dataclasses.replace(config, layout_sweeps=0)
     b, n, h, d = 1, args.tokens, args.heads, 128
     cq, ck, iters = config.num_q_clusters, config.num_k_clusters, config.kmeans_warm_iters
     key = jax.random.key(0)
     q, k, v = mixture_qkv(key, b, n, h, d, 8, jnp.bfloat16)
     cache = SVG2Cache.create(1, b, h, config, d).layer(0)
-    full = jax.jit(lambda q, k, v, c, key: svg2_attention(q, k, v, config=config, cache=c, key=key))
+
+    def attention(cfg):
+        return jax.jit(lambda q, k, v, c, key: svg2_attention(q, k, v, config=cfg, cache=c, key=key))
+
+    full, full_label_order = attention(config), attention(label_order)
     _, cache, _ = full(q, k, v, cache, key)
-
-    def cluster_new(q, k, cache, plan):
-        rq = kmeans(q, cq, num_iters=iters, init_centroids=cache.q_centroids)
-        rk = kmeans(k, ck, num_iters=iters, init_centroids=cache.k_centroids)
-        orders = svg2.cluster_order(rq.labels, cq), svg2.cluster_order(rk.labels, ck)
-        return *orders, rq.centroids, rk.centroids
-
-    def cluster_old(q, k, cache, plan):
-        g = b * h
-        rq = kmeans(to_groups(q), cq, num_iters=iters, init_centroids=cache.q_centroids.reshape(g, cq, d))
-        rk = kmeans(to_groups(k), ck, num_iters=iters, init_centroids=cache.k_centroids.reshape(g, ck, d))
-        order = [jnp.argsort(r.labels, axis=-1, stable=True) for r in (rq, rk)]
-        return *order, rq.centroids, rk.centroids
-
     plan_fn = jax.jit(lambda q, k, cache, _: svg2_plan(q, k, config=config, cache=cache, key=key))
     plan, _, _ = plan_fn(q, k, cache, None)
+    tile_density = {}
+    for name, cfg in (("seriated", config), ("label_order", label_order)):
+        p, _, stats = jax.jit(lambda q, k, c, cfg=cfg: svg2_plan(q, k, config=cfg, cache=c, key=key))(
+            q, k, cache
+        )
+        chunks = mosaic_chunk_plan(p, n)
+        tile_density[name] = float(chunks.computed_rows()) * chunks.block_q / (b * h * n * n)
+        tile_density["selected"] = float(jnp.mean(stats.density))
+    print("tile density", tile_density)
 
     fns = {
         "plan": plan_fn,
-        "cluster_new": jax.jit(cluster_new),
-        "cluster_old": jax.jit(cluster_old),
         "chunk_plan": jax.jit(lambda q, k, cache, plan: mosaic_chunk_plan(plan, n)),
         "svg2_attention_warm": jax.jit(lambda q, k, cache, plan: full(q, k, v, cache, key)),
+        "svg2_attention_warm_label_order": jax.jit(
+            lambda q, k, cache, plan: full_label_order(q, k, v, cache, key)
+        ),
     }
     timings: dict[str, list[dict]] = {name: [] for name in fns}
     for _ in range(args.rounds):  # alternate, so clock drift hits every variant alike
@@ -91,7 +90,11 @@ def main(argv=None) -> int:
     call = rows["svg2_attention_warm"]
     is_attention = lambda name: "mosaic_gpu" in name or "cluster_sparse" in name
     kernel_ms = sum(op["ms"] for op in call["ops"] if is_attention(op["name"]))
+    base = rows["svg2_attention_warm_label_order"]
     summary = {
+        "tile_density": tile_density,
+        "label_order_attention_kernel_ms": sum(op["ms"] for op in base["ops"] if is_attention(op["name"])),
+        "label_order_speedup_vs_dense": dense_ms / base["median_ms"],
         "dense_cudnn_ms": dense_ms,
         "attention_kernel_ms": kernel_ms,
         "overhead_ms": call["total_ms"] - kernel_ms,  # every other GPU kernel of the warm call

@@ -16,6 +16,7 @@ from .cluster_sparse_attn import (
 from .common import TritonConfig
 from .kmeans import KMeansAssignConfig, kmeans_assign
 from .kmeans_reference import kmeans_assign_reference
+from .kmeans_update import ClusterSumsConfig, cluster_sums, cluster_sums_reference
 from .permute import PermuteConfig, permute_tokens, permute_tokens_reference
 from .qk_norm_rope import QKNormRopeConfig, qk_norm_rope, qk_norm_rope_reference
 from .reference import (
@@ -28,6 +29,7 @@ from .reference import (
 )
 
 __all__ = [
+    "ClusterSumsConfig",
     "ClusterTilePlan",
     "KMeansAssignConfig",
     "PermuteConfig",
@@ -43,6 +45,8 @@ __all__ = [
     "cluster_sparse_attention",
     "cluster_sparse_attention_from_plan",
     "cluster_sparse_attention_reference",
+    "cluster_sums",
+    "cluster_sums_reference",
     "cluster_tile_plan",
     "kmeans_assign",
     "kmeans_assign_reference",

@@ -16,6 +16,14 @@ IMPLEMENTATIONS = ("auto", "xla", "pallas_triton", "pallas_mosaic")
 FLOAT_DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
 
 
+def check_triton_launch(num_warps, num_stages) -> None:
+    """The launch knobs every Triton config carries: warps per program and software-pipeline stages."""
+    if num_warps not in (1, 2, 4, 8, 16):
+        raise ValueError(f"num_warps={num_warps!r} must be one of 1, 2, 4, 8, 16")
+    if isinstance(num_stages, bool) or not isinstance(num_stages, int) or num_stages < 1:
+        raise ValueError(f"num_stages={num_stages!r} must be an int >= 1")
+
+
 def default_sm_scale(q: jax.Array) -> float:
     return 1.0 / math.sqrt(q.shape[-1])
 

@@ -8,16 +8,17 @@ tiles; the plan is built with ``row_align=8``), and the compute warpgroups mask
 * the rows before the run's first row and past its end (``lead <= cols < valid``), on every chunk;
 * on a *mixed* chunk (the tile's query clusters disagree on the run), what each row's own query cluster
   does not select. Fast path: when the tile holds at most ``FAST_Q`` = 4 query clusters and the chunk
-  spans at most ``FAST_K`` = 8 key clusters, the map entries involved fit one 32-bit word, assembled
-  from :func:`tile_nibbles` (the tile's 4 map rows packed per key cluster); each element then reads its
-  bit at ``(key cluster − chunk's first) · 4 + (query cluster − tile's first)`` from a row vector of query
-  labels and a column vector of key labels. Otherwise (tiny clusters) the slow path builds the allowed
-  set as a union of rectangles ``rows of query cluster u × columns of key cluster j`` from the cluster
-  bounds, looping over the pairs.
+  spans at most ``FAST_K`` = 8 key clusters, the map entries involved fit one 32-bit word, read from
+  :func:`tile_words` (per tile and first key cluster, packed in XLA before the kernel); each element then
+  reads its bit at ``(key cluster − chunk's first) · 4 + (query cluster − tile's first)`` from a row
+  vector of query labels and a column vector of key labels. Otherwise (tiny clusters) the slow path
+  builds the allowed set as a union of rectangles ``rows of query cluster u × columns of key cluster j``
+  from the cluster bounds, looping over the pairs.
 
-The per-chunk scalars (start, code, first key cluster) are loaded one chunk ahead and the label vector
-and packed words before the chunk's ``Q Kᵀ`` (the engine's two load stages), so their latency hides under
-the matrix multiply. Everything past the plan is exact: a row whose clusters select nothing outputs zeros.
+The per-chunk scalars (start, code, first key cluster and the packed word at it) are loaded one chunk
+ahead and the key-label vector before the chunk's ``Q Kᵀ`` (the engine's two load stages), so their
+latency hides under the matrix multiply. Everything past the plan is exact: a row whose clusters select
+nothing outputs zeros.
 """
 
 import jax
@@ -45,25 +46,31 @@ def check_mosaic_plan(q: jax.Array, plan: ClusterTilePlan) -> None:
         )
 
 
-def tile_nibbles(plan: ClusterTilePlan) -> jax.Array:
-    """``[B, H, nqt, Ck+1]`` int32: bit ``s`` of entry ``(t, j)`` is ``map[lo_t + s, j]`` for ``s < FAST_Q``,
-    where ``lo_t`` is the first query cluster of tile ``t`` (the fast path's packed map rows)."""
-    cmap = plan.cluster_map  # [B, H, Cq+1, Ck+1], sentinel row Cq all False
+def tile_words(plan: ClusterTilePlan) -> jax.Array:
+    """``[B, H, nqt, Ck+1]`` int32: the fast path's packed map of tile ``t`` for chunks whose first key
+    cluster is ``j``: bit ``4·i + s`` is ``map[lo_t + s, j + i]`` for ``s < FAST_Q``, ``i < FAST_K``, where
+    ``lo_t`` is the tile's first query cluster (bits past the sentinel key cluster stay 0)."""
+    cmap = plan.cluster_map  # [B, H, Cq+1, Ck+1], sentinel row Cq and column Ck all False
     lo = plan.q_labels[:, :, :: plan.block_q]  # [B, H, nqt]
     shape = (*lo.shape, cmap.shape[3])
-    nib = jnp.zeros(shape, jnp.int32)
+    nib = jnp.zeros(shape, jnp.int32)  # bit s: map[lo_t + s, j]
     for s in range(FAST_Q):
         rows = jnp.broadcast_to(jnp.minimum(lo + s, cmap.shape[2] - 1)[..., None], shape)
         nib = nib | (jnp.take_along_axis(cmap, rows, axis=2).astype(jnp.int32) << s)
-    return nib
+    ck1 = shape[-1]
+    nib = jnp.pad(nib, ((0, 0), (0, 0), (0, 0), (0, FAST_K - 1)))
+    words = nib[..., :ck1]
+    for i in range(1, FAST_K):
+        words = words | (nib[..., i : i + ck1] << (FAST_Q * i))
+    return words
 
 
 def _cluster_mask(tables, at, row0, *, block_k: int) -> TileMask:
     """The engine's mask: the run's columns on every chunk; on mixed chunks the packed-bit selection of
     each row's query cluster, or the rectangle union where the tile or chunk has too many clusters."""
-    starts, codes, _, kfirst, q_lab, k_lab, q_first, k_first, cmap, nibbles = tables
+    starts, codes, _, kfirst, q_lab, k_lab, q_first, k_first, cmap, words = tables
     b, h, t = at
-    width, ck_last = starts.shape[-1], nibbles.shape[-1] - 1
+    width, ck_last = starts.shape[-1], words.shape[-1] - 1
     u_lo = q_lab[b, h, row0]  # the warpgroup's query clusters: u_lo..u_hi (rows are sorted)
     u_hi = q_lab[b, h, row0 + WG_ROWS - 1]
     tile_lo = q_lab[b, h, t * CTA_ROWS]
@@ -73,17 +80,15 @@ def _cluster_mask(tables, at, row0, *, block_k: int) -> TileMask:
 
     def stage1(j):
         j = jnp.minimum(j, width - 1)
-        return starts[b, h, t, j], codes[b, h, t, j], kfirst[b, h, t, j]
+        j_lo = kfirst[b, h, t, j]
+        return starts[b, h, t, j], codes[b, h, t, j], j_lo, words[b, h, t, jnp.clip(j_lo, 0, ck_last)]
 
     def stage2(j, first):
-        start, _, j_lo = first
-        words = tuple(nibbles[b, h, t, jnp.minimum(j_lo + i, ck_last)] for i in range(FAST_K))
-        col_lab = plgpu.load(k_lab.at[b, h, pl.ds(start, block_k)], layout=COL, optimized=False)
-        return words, col_lab
+        start = first[0]
+        return plgpu.load(k_lab.at[b, h, pl.ds(start, block_k)], layout=COL, optimized=False)
 
-    def apply(first, second, s):
-        start, code, j_lo = first
-        words, col_lab = second
+    def apply(first, col_lab, s):
+        start, code, j_lo, bits = first
         lead, valid, uniform = decode_chunk(code)
         cols = plgpu.broadcasted_iota(jnp.int32, s.shape, 1, layout=plgpu.Layout.WGMMA)
         s = jnp.where((cols >= lead) & (cols < valid), s, -jnp.inf)
@@ -91,9 +96,6 @@ def _cluster_mask(tables, at, row0, *, block_k: int) -> TileMask:
         fast = mixed * rows_fit * (decode_span(code) < FAST_K).astype(jnp.int32)
 
         def fast_mask(_, s):  # bit (key slot·FAST_Q + query slot) of the packed map says "selected"
-            bits = words[0]
-            for i in range(1, FAST_K):
-                bits = bits | (words[i] << (FAST_Q * i))
             k_slot = jnp.clip(col_lab - j_lo, 0, FAST_K - 1) * FAST_Q
             shift = lax.broadcast_in_dim(k_slot, s.shape, [1]) + lax.broadcast_in_dim(row_slot, s.shape, [0])
             keep = lax.shift_right_logical(jnp.full(s.shape, bits, jnp.int32), shift) & 1
@@ -159,7 +161,7 @@ def cluster_sparse_attention_mosaic(
         plan.q_bounds,
         plan.k_bounds,
         plan.cluster_map.astype(jnp.int32),
-        tile_nibbles(plan),
+        tile_words(plan),
     )
 
     def key_row(tables, at, j):  # a multiple of ROW_ALIGN the compiler can see (TMA into 8-row tiles)

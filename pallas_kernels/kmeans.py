@@ -39,10 +39,7 @@ class KMeansAssignConfig:
     def __post_init__(self):
         checks.check_block_size("block_n", self.block_n)
         checks.check_block_size("block_k", self.block_k)
-        if self.num_warps not in (1, 2, 4, 8, 16):
-            raise ValueError(f"{self.num_warps=} must be one of 1, 2, 4, 8, 16")
-        if self.num_stages < 1:
-            raise ValueError(f"{self.num_stages=} must be >= 1")
+        checks.check_triton_launch(self.num_warps, self.num_stages)
 
 
 def _kernel(

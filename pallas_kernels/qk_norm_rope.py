@@ -37,10 +37,7 @@ class QKNormRopeConfig:
         rows = self.block_rows
         if not isinstance(rows, int) or rows < 1 or rows & (rows - 1):
             raise ValueError(f"{self.block_rows=} must be a power of two")
-        if self.num_warps not in (1, 2, 4, 8, 16):
-            raise ValueError(f"{self.num_warps=} must be one of 1, 2, 4, 8, 16")
-        if self.num_stages < 1:
-            raise ValueError(f"{self.num_stages=} must be >= 1")
+        checks.check_triton_launch(self.num_warps, self.num_stages)
 
 
 def _rms_norm(x, w, eps: float):

@@ -1,9 +1,12 @@
 """Batched Lloyd k-means (squared L2) for SVG2's semantic clustering, traceable end to end.
 
 Each iteration is an assignment (the fused Pallas distance + argmin kernel,
-:func:`svg_jax.pallas_kernels.kmeans_assign`) followed by an update (a segment sum of the members of
-each cluster, divided by its size). Everything runs under ``jax.jit``: the optional early exit on ``tol``
-is a ``lax.while_loop`` with a static iteration cap, so no host synchronisation is needed.
+:func:`svg_jax.pallas_kernels.kmeans_assign`) followed by an update: the sum of the members of each
+cluster, divided by its size. On GPU the update sorts each group's rows by label (one flat radix sort)
+and sums each cluster's contiguous run with :func:`svg_jax.pallas_kernels.cluster_sums`, one writer per
+sum; the XLA oracle is a float32 ``segment_sum``, i.e. a scatter-add with atomics. Everything runs under
+``jax.jit``: the optional early exit on ``tol`` is a ``lax.while_loop`` with a static iteration cap, so
+no host synchronisation is needed.
 
 Points come as ``[G, N, D]`` (groups outermost) or token-major ``[B, N, H, D]``, the attention layout,
 with one group per ``(b, h)``: then centroids are ``[B, H, K, D]`` and labels ``[B, H, N]``, and neither
@@ -18,7 +21,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
-from svg_jax.pallas_kernels import KMeansAssignConfig, kmeans_assign
+from svg_jax.pallas_kernels import KMeansAssignConfig, cluster_sums, kmeans_assign
+from svg_jax.pallas_kernels.common import resolve_implementation
 from svg_jax.pallas_kernels.kmeans import group_shape
 
 log = logging.getLogger(__name__)
@@ -79,23 +83,75 @@ def random_init(
     return rows.reshape(*groups, num_clusters, x.shape[-1]).astype(jnp.float32)
 
 
+def cluster_order(labels: Int[Array, "*G N"], num_clusters: int) -> Int[Array, "*G N"]:
+    """``argsort(labels, axis=-1, stable=True)`` as one flat sort over all groups.
+
+    Group ``g``'s keys are offset by ``g·num_clusters``, so a single stable 1-D sort of every group's rows
+    (a device-wide radix sort on GPU) lays the groups out one after another; subtracting each group's
+    start gives the per-group order. Identical to the batched argsort, which sorts each group apart.
+    """
+    *lead, n = labels.shape
+    g = math.prod(lead)
+    if g * num_clusters >= 2**31:
+        raise ValueError(
+            f"cluster_order needs groups·num_clusters < 2**31 for int32 keys; got {g}·{num_clusters}"
+        )
+    base = jnp.arange(g, dtype=jnp.int32)[:, None]
+    keys = (labels.reshape(g, n).astype(jnp.int32) + num_clusters * base).reshape(-1)  # [G·N]
+    order = jnp.argsort(keys, stable=True).astype(jnp.int32).reshape(g, n)
+    return (order - n * base).reshape(labels.shape)
+
+
+def cluster_bounds(
+    labels: Int[Array, "*G N"], order: Int[Array, "*G N"], num_clusters: int
+) -> Int[Array, "*G K1"]:
+    """First sorted position of each cluster, then ``N``: ``bounds[..., c] = #{rows with label < c}``.
+
+    ``order`` sorts each group's ``labels`` (:func:`cluster_order`). ``K+1`` binary searches per group in
+    the sorted labels (unrolled: one fused kernel, log2 N steps) give the sizes as ``diff(bounds)``
+    without a histogram, which would be another scatter-add.
+    """
+    *lead, n = labels.shape
+    g = math.prod(lead)
+    sorted_labels = jnp.take_along_axis(labels, order, axis=-1).reshape(g, n).astype(jnp.int32)  # [G, N]
+    first = jnp.arange(num_clusters + 1, dtype=jnp.int32)
+    search = lambda row: jnp.searchsorted(row, first, side="left", method="scan_unrolled")
+    return jax.vmap(search)(sorted_labels).astype(jnp.int32).reshape(*lead, num_clusters + 1)
+
+
 def update_centroids(
-    x: Float[Array, "*lead N D"], labels: Int[Array, "*groups N"], centroids: Float[Array, "*groups K D"]
+    x: Float[Array, "G N D"] | Float[Array, "B N H D"],
+    labels: Int[Array, "*groups N"],
+    centroids: Float[Array, "*groups K D"],
+    *,
+    implementation: str = "auto",
+    interpret: bool | None = None,
 ) -> tuple[Float[Array, "*groups K D"], Int[Array, "*groups K"]]:
     """Lloyd update: mean of each cluster's rows (float32 sums); empty clusters keep their centroid.
 
-    One segment sum over the rows of ``x`` in memory order (token-major ``x`` is not transposed: each
-    row's segment id is its group's offset plus its label)."""
+    ``"xla"``: one segment sum over the rows of ``x`` in memory order (token-major ``x`` is not
+    transposed: each row's segment id is its group's offset plus its label). ``"pallas_triton"``: sort
+    the rows by label (:func:`cluster_order`), find each cluster's run (:func:`cluster_bounds`) and sum
+    the runs with :func:`svg_jax.pallas_kernels.cluster_sums` (``interpret`` as there); the sums agree
+    up to float32 summation order. ``"auto"`` is Triton on GPU and XLA on CPU; ``"pallas_mosaic"`` (the
+    assignment kernel's choice) maps to Triton, as there is no Mosaic update kernel."""
     groups, d = group_shape(x), x.shape[-1]
     k = centroids.shape[-2]
-    g = math.prod(groups)
-    seg = labels.reshape(g, -1) + k * jnp.arange(g, dtype=jnp.int32)[:, None]  # [G, N] global cluster ids
-    if x.ndim == 4:  # rows are ordered (b, n, h): lay the ids out the same way
-        b, n, h, _ = x.shape
-        seg = jnp.swapaxes(seg.reshape(b, h, n), 1, 2)  # [B, N, H]
-    rows, seg = x.reshape(-1, d).astype(jnp.float32), seg.reshape(-1)
-    sums = jax.ops.segment_sum(rows, seg, num_segments=g * k).reshape(*groups, k, d)
-    sizes = jax.ops.segment_sum(jnp.ones_like(seg), seg, num_segments=g * k).reshape(*groups, k)
+    impl = resolve_implementation("pallas_triton" if implementation == "pallas_mosaic" else implementation)
+    if impl == "xla":
+        g = math.prod(groups)
+        seg = labels.reshape(g, -1) + k * jnp.arange(g, dtype=jnp.int32)[:, None]  # [G, N] global ids
+        if x.ndim == 4:  # rows are ordered (b, n, h): lay the ids out the same way
+            b, n, h, _ = x.shape
+            seg = jnp.swapaxes(seg.reshape(b, h, n), 1, 2)  # [B, N, H]
+        rows, seg = x.reshape(-1, d).astype(jnp.float32), seg.reshape(-1)
+        sums = jax.ops.segment_sum(rows, seg, num_segments=g * k).reshape(*groups, k, d)
+        sizes = jax.ops.segment_sum(jnp.ones_like(seg), seg, num_segments=g * k).reshape(*groups, k)
+    else:
+        order = cluster_order(labels, k)  # [*groups, N]
+        bounds = cluster_bounds(labels, order, k)  # [*groups, K+1]
+        sums = cluster_sums(x, order, bounds, implementation=impl, interpret=interpret)  # [*groups, K, D]
+        sizes = jnp.diff(bounds, axis=-1)  # [*groups, K]
     means = sums / jnp.maximum(sizes, 1)[..., None].astype(jnp.float32)
     return jnp.where(sizes[..., None] > 0, means, centroids), sizes
 
@@ -121,8 +177,10 @@ def kmeans(
     it stops after the first iteration whose largest centroid move (L2, over all groups) is ``<= tol``
     (flash-kmeans' rule). ``num_iters=0`` only assigns rows to the initial centroids.
 
-    ``implementation``/``interpret``/``assign_config`` select and tune the assignment kernel
-    (see :func:`svg_jax.pallas_kernels.kmeans_assign`); they never change the result.
+    ``implementation``/``interpret`` select the assignment kernel
+    (:func:`svg_jax.pallas_kernels.kmeans_assign`, tuned by ``assign_config``) and the update
+    (:func:`update_centroids`; ``"pallas_mosaic"`` updates with Triton). They change the centroids only
+    by float32 summation order, so labels agree except at near-ties.
     """
     _check(x, num_clusters, num_iters, key, init_centroids, tol)
     log.debug("kmeans: x=%s K=%d iters<=%d tol=%s", x.shape, num_clusters, num_iters, tol)
@@ -136,7 +194,7 @@ def kmeans(
 
     if num_iters == 0:
         labels = assign(c0)
-        _, sizes = update_centroids(x, labels, c0)
+        _, sizes = update_centroids(x, labels, c0, implementation=implementation, interpret=interpret)
         return KMeansResult(labels, c0, sizes, jnp.int32(0))
 
     def cond(carry):
@@ -149,7 +207,7 @@ def kmeans(
     def body(carry):
         i, _, c, _, _ = carry
         labels = assign(c)
-        new_c, sizes = update_centroids(x, labels, c)
+        new_c, sizes = update_centroids(x, labels, c, implementation=implementation, interpret=interpret)
         shift = jnp.sqrt(jnp.max(jnp.sum((new_c - c) ** 2, axis=-1)))
         return i + 1, shift, new_c, labels, sizes
 

@@ -12,13 +12,13 @@ Reference: svg-project/Sparse-VideoGen ``svg/models/*/attention.py`` (``*_SAPAtt
 """
 
 import dataclasses
-import math
 
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
-from svg_jax.kmeans import KMeansResult, kmeans
+from svg_jax.cluster_layout import relabel, reorder, seriate
+from svg_jax.kmeans import KMeansResult, cluster_order, kmeans
 from svg_jax.layout import TextTokens
 from svg_jax.pallas_kernels import (
     checks,
@@ -46,13 +46,22 @@ class SVG2Config:
     kmeans_warm_iters: int  # --kmeans_iter_step: warm-start iterations on later calls
     dense_steps: int  # denoising steps run dense first (floor(first_times_fp · steps))
     dense_layers: int  # layers always run dense (floor(first_layers_fp · layers))
+    # Not an official flag: barycentre sweeps ordering the clusters so that selected pairs are contiguous
+    # (svg_jax.cluster_layout). Same attention, fewer kernel chunks; 0 keeps the official label order.
+    layout_sweeps: int = 2
 
     def __post_init__(self):
         for name in ("num_q_clusters", "num_k_clusters"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"SVG2Config.{name} must be an int >= 1; got {value!r}")
-        for name in ("kmeans_init_iters", "kmeans_warm_iters", "dense_steps", "dense_layers"):
+        for name in (
+            "kmeans_init_iters",
+            "kmeans_warm_iters",
+            "dense_steps",
+            "dense_layers",
+            "layout_sweeps",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"SVG2Config.{name} must be an int >= 0; got {value!r}")
@@ -164,10 +173,12 @@ class SVG2Plan:
     """The sparsity plan of one layer call. ``Nv`` counts video tokens; ``Cq2 = Cq (+2 with text)``.
 
     The attention runs on the sorted sequence ``[video tokens in cluster order, text (prompt, padding)]``:
-    sorted slot ``s`` holds video token ``q_perm[..., s]``; text pseudo-clusters come last.
+    sorted slot ``s`` holds video token ``q_perm[..., s]``; text pseudo-clusters come last. Cluster ids
+    here are layout positions (:mod:`svg_jax.cluster_layout`), not k-means labels: cluster ``i`` is
+    k-means cluster ``q_order[..., i]``, whose centroid is the cache's entry ``q_order[..., i]``.
     """
 
-    q_labels: Int[Array, "B H Nv"]  # k-means cluster of each video query, original order
+    q_labels: Int[Array, "B H Nv"]  # cluster of each video query (its layout position), original order
     k_labels: Int[Array, "B H Nv"]
     q_perm: Int[Array, "B H Nv"]  # stable argsort of q_labels
     k_perm: Int[Array, "B H Nv"]  # stable argsort of k_labels (v follows k)
@@ -175,6 +186,8 @@ class SVG2Plan:
     k_cluster_sizes: Int[Array, "B H Ck2"]
     cluster_map: Bool[Array, "B H Cq2 Ck2"]  # query cluster i attends key cluster j
     probs: Float[Array, "B H Cq Ck"]  # estimated attention mass of each video cluster pair
+    q_order: Int[Array, "B H Cq"]  # k-means label of the query cluster at each layout position
+    k_order: Int[Array, "B H Ck"]
 
 
 @jax.tree_util.register_dataclass
@@ -196,25 +209,6 @@ def _split_text(x: Float[Array, "B N H D"], text: TextTokens | None):
     if text.placement == "first":
         return x[:, ctx:], x[:, :ctx]
     return x[:, :-ctx], x[:, -ctx:]
-
-
-def cluster_order(labels: Int[Array, "*G N"], num_clusters: int) -> Int[Array, "*G N"]:
-    """``argsort(labels, axis=-1, stable=True)`` as one flat sort over all groups.
-
-    Group ``g``'s keys are offset by ``g·num_clusters``, so a single stable 1-D sort of every group's rows
-    (a device-wide radix sort on GPU) lays the groups out one after another; subtracting each group's
-    start gives the per-group order. Identical to the batched argsort, which sorts each group apart.
-    """
-    *lead, n = labels.shape
-    g = math.prod(lead)
-    if g * num_clusters >= 2**31:
-        raise ValueError(
-            f"cluster_order needs groups·num_clusters < 2**31 for int32 keys; got {g}·{num_clusters}"
-        )
-    base = jnp.arange(g, dtype=jnp.int32)[:, None]
-    keys = (labels.reshape(g, n).astype(jnp.int32) + num_clusters * base).reshape(-1)  # [G·N]
-    order = jnp.argsort(keys, stable=True).astype(jnp.int32).reshape(g, n)
-    return (order - n * base).reshape(labels.shape)
 
 
 def inverse_permutation(perm: Int[Array, "*G N"]) -> Int[Array, "*G N"]:
@@ -298,6 +292,12 @@ def svg2_plan(
     probs = cluster_probabilities(q_cen, k_cen, k_sizes, sm_scale=sm_scale)  # [B, H, Cq, Ck]
     cmap = top_p_cluster_map(probs, top_p=config.top_p, min_clusters=config.min_k_clusters)
     recall = jnp.sum(q_sizes * selected_mass(probs, cmap), axis=-1) / nv  # [B, H]
+    # Lay the clusters out so that selected pairs are contiguous (fewer kernel chunks, same attention).
+    q_order, k_order = seriate(cmap, config.layout_sweeps)
+    q_lab, k_lab = relabel(q_lab, q_order), relabel(k_lab, k_order)
+    q_sizes, k_sizes = reorder(q_sizes, q_order, -1), reorder(k_sizes, k_order, -1)
+    cmap = reorder(reorder(cmap, q_order, -2), k_order, -1)
+    probs = reorder(reorder(probs, q_order, -2), k_order, -1)
 
     if text is not None:
         ctx = text.num_tokens
@@ -326,6 +326,8 @@ def svg2_plan(
         k_cluster_sizes=k_sizes_all,
         cluster_map=cmap_all,
         probs=probs,
+        q_order=q_order,
+        k_order=k_order,
     )
     new_cache = SVG2Cache(q_centroids=q_cen, k_centroids=k_cen, warm=jnp.ones((), jnp.bool_))
     stats = SVG2Stats(

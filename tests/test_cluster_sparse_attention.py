@@ -310,3 +310,24 @@ def test_mosaic_refuses_unaligned_plan():
     plan = cluster_tile_plan(qs, ks, cmap, num_q=256, num_k=256, block_q=128, block_k=64)
     with pytest.raises(ValueError, match="row_align=8"):
         cluster_sparse_attention_from_plan(q, k, v, plan, implementation="pallas_mosaic")
+
+
+def test_tile_words_pack_the_fast_path_map():
+    """Bit ``4·i + s`` of word ``(t, j)`` is ``map[lo_t + s, j + i]`` (0 past the clusters or the tile)."""
+    from svg_jax.pallas_kernels.cluster_sparse_attn_mosaic import FAST_K, FAST_Q, tile_words
+
+    n, m, cq, ck = 300, 200, 9, 13
+    qs, ks, cmap = random_problem(27, 1, n, m, 2, cq, ck, 0.5, zero_frac=0.3)
+    plan = cluster_tile_plan(qs, ks, cmap, num_q=n, num_k=m, block_q=128, block_k=64, row_align=8)
+    words = np.asarray(tile_words(plan))
+    full = np.asarray(plan.cluster_map)  # [B, H, Cq+1, Ck+1], sentinels cleared
+    lo = np.asarray(plan.q_labels)[:, :, ::128]
+    assert words.shape == (*lo.shape, ck + 1)
+    for hi in range(2):
+        for t in range(lo.shape[2]):
+            for j in range(ck + 1):
+                for s in range(FAST_Q):
+                    for i in range(FAST_K):
+                        u, kc = lo[0, hi, t] + s, j + i
+                        want = full[0, hi, u, kc] if u <= cq and kc <= ck else 0
+                        assert (words[0, hi, t, j] >> (FAST_Q * i + s)) & 1 == want

@@ -1,0 +1,75 @@
+"""Cluster layout: the order in which SVG2 lays its query and key clusters out along the sorted sequence.
+
+k-means labels are arbitrary, so in label order a query cluster's selected key clusters are scattered:
+the chunk plan then walks many short runs of key rows, each ending in a partly masked chunk, and a
+query tile spanning two query clusters visits the union of two unrelated selections. Which order the
+clusters take changes nothing in the attention (every token still sees exactly its selected keys); it
+only changes how many chunks the kernel walks. :func:`seriate` picks an order in which the selected
+pairs form contiguous blocks, by the barycentre heuristic of bipartite-graph drawing: a key cluster sits
+at the mean position of the query clusters selecting it, a query cluster at the mean position of the key
+clusters it selects, alternately, starting from label order. On block-structured maps (semantic
+clusters) one or two sweeps make each block contiguous; on the Wan 720p preset with Gaussian-mixture
+tokens it halves the computed tile density (0.235 → 0.125 against 0.123 selected).
+"""
+
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Int
+
+# Key clusters nobody selects go last (their rows are never visited; where they sit does not matter).
+_UNSELECTED = jnp.float32(3e38)
+
+
+def _rank(order: Int[Array, "*G C"]) -> Int[Array, "*G C"]:
+    """Position of each cluster in ``order`` (the inverse permutation), by a scatter rather than a sort."""
+    iota = jnp.broadcast_to(jnp.arange(order.shape[-1], dtype=jnp.int32), order.shape)
+    return jnp.put_along_axis(jnp.zeros_like(iota), order, iota, axis=-1, inplace=False)
+
+
+def _barycentre_order(pos_sum: Array, count: Array) -> Int[Array, "*G C"]:
+    """Clusters sorted by the mean position of their partners (``pos_sum`` over ``count`` partners)."""
+    bary = jnp.where(count > 0, pos_sum / jnp.maximum(count, 1.0), _UNSELECTED)
+    return jnp.argsort(bary, axis=-1, stable=True).astype(jnp.int32)
+
+
+def seriate(
+    cluster_map: Bool[Array, "*G Cq Ck"], sweeps: int
+) -> tuple[Int[Array, "*G Cq"], Int[Array, "*G Ck"]]:
+    """Orders of the query and key clusters (old cluster id at each new position) in which each query
+    cluster's selected key clusters tend to be contiguous and neighbouring query clusters select alike.
+
+    ``sweeps`` barycentre sweeps (key order, then query order, per sweep); ``0`` keeps label order.
+    Ties keep label order, so the result is deterministic.
+    """
+    if isinstance(sweeps, bool) or not isinstance(sweeps, int) or sweeps < 0:
+        raise ValueError(f"sweeps must be an int >= 0; got {sweeps!r}")
+    *lead, cq, ck = cluster_map.shape
+    q_order = jnp.broadcast_to(jnp.arange(cq, dtype=jnp.int32), (*lead, cq))
+    k_order = jnp.broadcast_to(jnp.arange(ck, dtype=jnp.int32), (*lead, ck))
+    if sweeps == 0:
+        return q_order, k_order
+    a = cluster_map.astype(jnp.float32)
+    k_count, q_count = jnp.sum(a, axis=-2), jnp.sum(a, axis=-1)  # [*G, Ck], [*G, Cq]
+    q_pos = _rank(q_order).astype(jnp.float32)
+    for _ in range(sweeps):
+        k_order = _barycentre_order(jnp.einsum("...qk,...q->...k", a, q_pos), k_count)
+        k_pos = _rank(k_order).astype(jnp.float32)
+        q_order = _barycentre_order(jnp.einsum("...qk,...k->...q", a, k_pos), q_count)
+        q_pos = _rank(q_order).astype(jnp.float32)
+    return q_order, k_order
+
+
+def relabel(labels: Int[Array, "*G N"], order: Int[Array, "*G C"]) -> Int[Array, "*G N"]:
+    """Each token's cluster position under ``order`` (``order[p]`` is the old id at position ``p``)."""
+    return jnp.take_along_axis(_rank(order), labels, axis=-1)
+
+
+def reorder(x: Array, order: Int[Array, "*G C"], axis: int) -> Array:
+    """``x`` ``[*G, C]`` or a map ``[*G, Cq, Ck]`` with cluster axis ``axis`` (-1 or -2, from the end)
+    permuted into ``order`` ``[*G, C]``."""
+    if axis not in (-1, -2):
+        raise ValueError(f"axis must be -1 or -2 (the cluster axes of a map); got {axis!r}")
+    if x.ndim == order.ndim:
+        idx = order
+    else:
+        idx = order[..., None, :] if axis == -1 else order[..., :, None]
+    return jnp.take_along_axis(x, idx, axis=axis)
