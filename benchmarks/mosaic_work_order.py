@@ -32,8 +32,13 @@ B, H, N, D = 1, 40, 75600, 128
 ORDERS = ("head_lpt", "head", "lpt", "interleave")
 
 
+QUICK = False  # --quick: only the per-item launch (interleave) and the default persistent order
+
+
 def modes(n_items: int) -> list[tuple[str, int | None]]:
     """``(order, programs)``: one CTA per item in two orders, then one per SM (None) in every order."""
+    if QUICK:
+        return [("interleave", n_items), ("head_lpt", None)]
     return [("interleave", n_items), ("head", n_items)] + [(o, None) for o in ORDERS]
 
 
@@ -95,7 +100,10 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True)
     p.add_argument("--only", choices=("block", "cluster"), default=None)
+    p.add_argument("--quick", action="store_true", help="per-item launch vs default persistent order only")
     args = p.parse_args(argv)
+    global QUICK
+    QUICK = args.quick
     key = jax.random.key(0)
     ks = jax.random.split(key, 4)
     q, k, v = (jax.random.normal(kk, (B, N, H, D), jnp.bfloat16) for kk in ks[:3])
