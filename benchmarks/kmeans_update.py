@@ -12,7 +12,7 @@ the kernel's sums against ``cluster_sums_reference`` relative to each cluster's 
 as loops of back-to-back calls (``harness.time_loop``), alternating so that clock drift hits all alike:
 * ``xla_update``: ``update_centroids(implementation="xla")``, the float32 ``segment_sum`` scatters;
 * ``pallas_update``: ``update_centroids(implementation="pallas_triton")``: sort + bounds + kernel + mean;
-* ``sort_bounds``: ``cluster_order`` + ``cluster_bounds`` alone;
+* ``sort_bounds``: ``sort_by_cluster`` + ``cluster_bounds`` alone;
 * ``kernel``: ``cluster_sums`` alone on a precomputed order (with its effective read bandwidth);
 and, on k-means labels, sweeps the kernel's launch config (clusters per program, rows per chunk, warps,
 stages). On a GPU each update is also profiled kernel by kernel (``harness.device_op_times``).
@@ -32,7 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import device_info, device_op_times, time_loop, write_json  # noqa: E402
 from svg2 import mixture_qkv  # noqa: E402
 
-from svg_jax.kmeans import cluster_bounds, cluster_order, random_init, update_centroids  # noqa: E402
+from svg_jax.kmeans import cluster_bounds, random_init, sort_by_cluster, update_centroids  # noqa: E402
 from svg_jax.pallas_kernels import (  # noqa: E402
     ClusterSumsConfig,
     cluster_sums,
@@ -63,8 +63,8 @@ def check(x, labels, num_clusters: int) -> dict:
     init = jnp.zeros((b, h, num_clusters, d), jnp.float32)
     c_new, s_new = jax.jit(lambda *a: update_centroids(*a, implementation="pallas_triton"))(x, labels, init)
     c_old, s_old = jax.jit(lambda *a: update_centroids(*a, implementation="xla"))(x, labels, init)
-    order = cluster_order(labels, num_clusters)
-    bounds = cluster_bounds(labels, order, num_clusters)
+    order, sorted_labels = sort_by_cluster(labels, num_clusters)
+    bounds = cluster_bounds(sorted_labels, num_clusters)
     sums = jax.jit(lambda *a: cluster_sums(*a, implementation="pallas_triton"))(x, order, bounds)
     ref = jax.jit(cluster_sums_reference)(x, order, bounds)
     scale = jax.jit(cluster_sums_reference)(jnp.abs(x), order, bounds)
@@ -83,12 +83,12 @@ def check(x, labels, num_clusters: int) -> dict:
 def bench_case(x, labels, num_clusters: int, configs, rounds: int, calls: int) -> dict:
     b, n, h, d = x.shape
     init = jnp.zeros((b, h, num_clusters, d), jnp.float32)
-    order = cluster_order(labels, num_clusters)
-    bounds = cluster_bounds(labels, order, num_clusters)
+    order, sorted_labels = sort_by_cluster(labels, num_clusters)
+    bounds = cluster_bounds(sorted_labels, num_clusters)
 
     def sort_bounds(labels):
-        order = cluster_order(labels, num_clusters)
-        return order, cluster_bounds(labels, order, num_clusters)
+        order, sorted_labels = sort_by_cluster(labels, num_clusters)
+        return order, cluster_bounds(sorted_labels, num_clusters)
 
     updates = {
         "xla_update": (jax.jit(lambda *a: update_centroids(*a, implementation="xla")), (x, labels, init)),

@@ -3,7 +3,7 @@
 The update needs ``Σ x[n]`` over the rows of each cluster. A scatter-add (``segment_sum``) does it with
 float32 atomics, which serialise on popular clusters and re-read the ``[G·K, D]`` sums through L2 for
 every row. Here the caller first sorts each group's rows by label (one flat radix sort, see
-:func:`svg_jax.kmeans.cluster_order`), so cluster ``c`` is the contiguous run
+:func:`svg_jax.kmeans.sort_by_cluster`), so cluster ``c`` is the contiguous run
 ``order[bounds[c]:bounds[c+1]]`` of row ids. One Pallas program owns a few clusters of one group; for
 each it walks that run ``block_rows`` at a time, gathers the rows through ``order`` (reading ``x`` in
 place, token-major or not), adds them into a ``[block_rows, D]`` float32 accumulator and writes the

@@ -19,10 +19,11 @@ from jaxtyping import Array, Bool, Int
 _UNSELECTED = jnp.float32(3e38)
 
 
-def _rank(order: Int[Array, "*G C"]) -> Int[Array, "*G C"]:
-    """Position of each cluster in ``order`` (the inverse permutation), by a scatter rather than a sort."""
-    iota = jnp.broadcast_to(jnp.arange(order.shape[-1], dtype=jnp.int32), order.shape)
-    return jnp.put_along_axis(jnp.zeros_like(iota), order, iota, axis=-1, inplace=False)
+def inverse_permutation(perm: Int[Array, "*G N"]) -> Int[Array, "*G N"]:
+    """``inv[perm[s]] = s`` along the last axis (a scatter: no second sort); for a cluster order, the
+    position of each cluster."""
+    iota = jnp.broadcast_to(jnp.arange(perm.shape[-1], dtype=perm.dtype), perm.shape)
+    return jnp.put_along_axis(jnp.zeros_like(perm), perm, iota, axis=-1, inplace=False)
 
 
 def _barycentre_order(pos_sum: Array, count: Array) -> Int[Array, "*G C"]:
@@ -49,18 +50,18 @@ def seriate(
         return q_order, k_order
     a = cluster_map.astype(jnp.float32)
     k_count, q_count = jnp.sum(a, axis=-2), jnp.sum(a, axis=-1)  # [*G, Ck], [*G, Cq]
-    q_pos = _rank(q_order).astype(jnp.float32)
+    q_pos = q_order.astype(jnp.float32)  # label order: each cluster at its own index
     for _ in range(sweeps):
         k_order = _barycentre_order(jnp.einsum("...qk,...q->...k", a, q_pos), k_count)
-        k_pos = _rank(k_order).astype(jnp.float32)
+        k_pos = inverse_permutation(k_order).astype(jnp.float32)
         q_order = _barycentre_order(jnp.einsum("...qk,...k->...q", a, k_pos), q_count)
-        q_pos = _rank(q_order).astype(jnp.float32)
+        q_pos = inverse_permutation(q_order).astype(jnp.float32)
     return q_order, k_order
 
 
 def relabel(labels: Int[Array, "*G N"], order: Int[Array, "*G C"]) -> Int[Array, "*G N"]:
     """Each token's cluster position under ``order`` (``order[p]`` is the old id at position ``p``)."""
-    return jnp.take_along_axis(_rank(order), labels, axis=-1)
+    return jnp.take_along_axis(inverse_permutation(order), labels, axis=-1)
 
 
 def reorder(x: Array, order: Int[Array, "*G C"], axis: int) -> Array:

@@ -83,12 +83,15 @@ def random_init(
     return rows.reshape(*groups, num_clusters, x.shape[-1]).astype(jnp.float32)
 
 
-def cluster_order(labels: Int[Array, "*G N"], num_clusters: int) -> Int[Array, "*G N"]:
-    """``argsort(labels, axis=-1, stable=True)`` as one flat sort over all groups.
+def sort_by_cluster(
+    labels: Int[Array, "*G N"], num_clusters: int
+) -> tuple[Int[Array, "*G N"], Int[Array, "*G N"]]:
+    """``(order, sorted_labels)``: each group's rows stably sorted by label, in one flat sort over all groups.
 
     Group ``g``'s keys are offset by ``g·num_clusters``, so a single stable 1-D sort of every group's rows
     (a device-wide radix sort on GPU) lays the groups out one after another; subtracting each group's
-    start gives the per-group order. Identical to the batched argsort, which sorts each group apart.
+    start gives the per-group order. The sorted keys come out of the same sort, so the sorted labels cost
+    no gather. Identical to the batched argsort, which sorts each group apart.
     """
     *lead, n = labels.shape
     g = math.prod(lead)
@@ -98,25 +101,31 @@ def cluster_order(labels: Int[Array, "*G N"], num_clusters: int) -> Int[Array, "
         )
     base = jnp.arange(g, dtype=jnp.int32)[:, None]
     keys = (labels.reshape(g, n).astype(jnp.int32) + num_clusters * base).reshape(-1)  # [G·N]
-    order = jnp.argsort(keys, stable=True).astype(jnp.int32).reshape(g, n)
-    return (order - n * base).reshape(labels.shape)
+    iota = jnp.arange(g * n, dtype=jnp.int32)
+    sorted_keys, order = jax.lax.sort((keys, iota), num_keys=1, is_stable=True)
+    order = order.reshape(g, n) - n * base
+    sorted_labels = sorted_keys.reshape(g, n) - num_clusters * base
+    return order.reshape(labels.shape), sorted_labels.reshape(labels.shape)
 
 
-def cluster_bounds(
-    labels: Int[Array, "*G N"], order: Int[Array, "*G N"], num_clusters: int
-) -> Int[Array, "*G K1"]:
+def cluster_order(labels: Int[Array, "*G N"], num_clusters: int) -> Int[Array, "*G N"]:
+    """``argsort(labels, axis=-1, stable=True)``, one flat sort over all groups (:func:`sort_by_cluster`)."""
+    return sort_by_cluster(labels, num_clusters)[0]
+
+
+def cluster_bounds(sorted_labels: Int[Array, "*G N"], num_clusters: int) -> Int[Array, "*G K1"]:
     """First sorted position of each cluster, then ``N``: ``bounds[..., c] = #{rows with label < c}``.
 
-    ``order`` sorts each group's ``labels`` (:func:`cluster_order`). ``K+1`` binary searches per group in
-    the sorted labels (unrolled: one fused kernel, log2 N steps) give the sizes as ``diff(bounds)``
+    ``sorted_labels`` are each group's labels in ascending order (:func:`sort_by_cluster`). ``K+1`` binary
+    searches per group (unrolled: one fused kernel, log2 N steps) give the sizes as ``diff(bounds)``
     without a histogram, which would be another scatter-add.
     """
-    *lead, n = labels.shape
+    *lead, n = sorted_labels.shape
     g = math.prod(lead)
-    sorted_labels = jnp.take_along_axis(labels, order, axis=-1).reshape(g, n).astype(jnp.int32)  # [G, N]
+    rows = sorted_labels.reshape(g, n).astype(jnp.int32)  # [G, N]
     first = jnp.arange(num_clusters + 1, dtype=jnp.int32)
     search = lambda row: jnp.searchsorted(row, first, side="left", method="scan_unrolled")
-    return jax.vmap(search)(sorted_labels).astype(jnp.int32).reshape(*lead, num_clusters + 1)
+    return jax.vmap(search)(rows).astype(jnp.int32).reshape(*lead, num_clusters + 1)
 
 
 def update_centroids(
@@ -131,7 +140,7 @@ def update_centroids(
 
     ``"xla"``: one segment sum over the rows of ``x`` in memory order (token-major ``x`` is not
     transposed: each row's segment id is its group's offset plus its label). ``"pallas_triton"``: sort
-    the rows by label (:func:`cluster_order`), find each cluster's run (:func:`cluster_bounds`) and sum
+    the rows by label (:func:`sort_by_cluster`), find each cluster's run (:func:`cluster_bounds`) and sum
     the runs with :func:`svg_jax.pallas_kernels.cluster_sums` (``interpret`` as there); the sums agree
     up to float32 summation order. ``"auto"`` is Triton on GPU and XLA on CPU; ``"pallas_mosaic"`` (the
     assignment kernel's choice) maps to Triton, as there is no Mosaic update kernel."""
@@ -148,8 +157,8 @@ def update_centroids(
         sums = jax.ops.segment_sum(rows, seg, num_segments=g * k).reshape(*groups, k, d)
         sizes = jax.ops.segment_sum(jnp.ones_like(seg), seg, num_segments=g * k).reshape(*groups, k)
     else:
-        order = cluster_order(labels, k)  # [*groups, N]
-        bounds = cluster_bounds(labels, order, k)  # [*groups, K+1]
+        order, sorted_labels = sort_by_cluster(labels, k)  # [*groups, N]
+        bounds = cluster_bounds(sorted_labels, k)  # [*groups, K+1]
         sums = cluster_sums(x, order, bounds, implementation=impl, interpret=interpret)  # [*groups, K, D]
         sizes = jnp.diff(bounds, axis=-1)  # [*groups, K]
     means = sums / jnp.maximum(sizes, 1)[..., None].astype(jnp.float32)

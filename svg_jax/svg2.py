@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
-from svg_jax.cluster_layout import relabel, reorder, seriate
+from svg_jax.cluster_layout import inverse_permutation, relabel, reorder, seriate
 from svg_jax.kmeans import KMeansResult, cluster_order, kmeans
 from svg_jax.layout import TextTokens
 from svg_jax.pallas_kernels import (
@@ -209,12 +209,6 @@ def _split_text(x: Float[Array, "B N H D"], text: TextTokens | None):
     if text.placement == "first":
         return x[:, ctx:], x[:, :ctx]
     return x[:, :-ctx], x[:, -ctx:]
-
-
-def inverse_permutation(perm: Int[Array, "*G N"]) -> Int[Array, "*G N"]:
-    """``inv[perm[s]] = s`` along the last axis (a scatter: no second sort)."""
-    iota = jnp.broadcast_to(jnp.arange(perm.shape[-1], dtype=perm.dtype), perm.shape)
-    return jnp.put_along_axis(jnp.zeros_like(perm), perm, iota, axis=-1, inplace=False)
 
 
 def _check_call(q, k, v, config, cache, text) -> None:

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from svg_jax.kmeans import cluster_bounds, cluster_order, update_centroids
+from svg_jax.kmeans import cluster_bounds, sort_by_cluster, update_centroids
 from svg_jax.pallas_kernels import ClusterSumsConfig, cluster_sums, cluster_sums_reference
 
 # Kernel vs oracle sum the same float32 values in another order: |error| <= SUM_RTOL·Σ|x| per cluster.
@@ -133,8 +133,8 @@ def test_skewed_labels_are_exact(dtype):
 def test_cluster_order_and_bounds():
     rng = np.random.default_rng(1)
     labels = rng.integers(0, 9, (2, 3, 50)).astype(np.int32)  # K = 12: clusters 9..11 empty
-    order = cluster_order(jnp.asarray(labels), 12)
-    bounds = cluster_bounds(jnp.asarray(labels), order, 12)
+    order, sorted_labels = sort_by_cluster(jnp.asarray(labels), 12)
+    bounds = cluster_bounds(sorted_labels, 12)
     want_order, want_bounds = _sort(labels, 12)
     np.testing.assert_array_equal(order, want_order)
     np.testing.assert_array_equal(bounds, want_bounds)
@@ -201,8 +201,8 @@ def test_kernel_compiled_gpu():
     x = jax.random.normal(kx, (b, n, h, d), jnp.float32).astype(jnp.bfloat16)
     labels = jax.random.randint(kl, (b, h, n), 0, k)
     labels = jnp.where(labels < 20, 0, labels)  # one large cluster, clusters 1..19 empty
-    order = cluster_order(labels, k)
-    bounds = cluster_bounds(labels, order, k)
+    order, sorted_labels = sort_by_cluster(labels, k)
+    bounds = cluster_bounds(sorted_labels, k)
     got = sums_jit(x, order, bounds, implementation="pallas_triton", interpret=False)
     _check_sums(x, order, bounds, got)
     init = jnp.zeros((b, h, k, d))
