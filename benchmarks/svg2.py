@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 
 from svg_jax import svg2
-from svg_jax.kmeans import kmeans, update_centroids
+from svg_jax.kmeans import cluster_order, kmeans, update_centroids
 from svg_jax.pallas_kernels import (
     KMeansAssignConfig,
     cluster_sparse_attention,
@@ -43,6 +43,7 @@ from svg_jax.pallas_kernels import (
     kmeans_assign,
     permute_tokens,
 )
+from svg_jax.pallas_kernels.cluster_plan import default_width
 from svg_jax.pallas_kernels.kmeans import to_groups
 from svg_jax.svg2 import SVG2Cache, SVG2Config, svg2_attention, svg2_plan
 from svg_jax.topp import cluster_probabilities, top_p_cluster_map
@@ -128,9 +129,11 @@ def bench_kmeans(
 
 
 def mosaic_chunk_plan(plan, n: int):
-    """The chunk plan the Mosaic cluster kernel walks (128×64 tiles), built from an SVG2 plan of N tokens."""
+    """The chunk plan the Mosaic cluster kernel walks (128×64 tiles), built from an SVG2 plan of N tokens
+    as ``cluster_plan_for`` builds it (narrow lists first: ``default_width``)."""
     sizes = (plan.q_cluster_sizes, plan.k_cluster_sizes, plan.cluster_map)
-    return cluster_tile_plan(*sizes, num_q=n, num_k=n, block_q=128, block_k=64, row_align=8)
+    width = default_width(n, plan.k_cluster_sizes.shape[-1], 64, 8)
+    return cluster_tile_plan(*sizes, num_q=n, num_k=n, block_q=128, block_k=64, row_align=8, width=width)
 
 
 def plan_pieces(q, k, plan, cache, config: SVG2Config, *, warmup: int, reps: int) -> dict:
@@ -146,8 +149,8 @@ def plan_pieces(q, k, plan, cache, config: SVG2Config, *, warmup: int, reps: int
 
     def orders(plan):
         return (
-            svg2.cluster_order(plan.q_labels, config.num_q_clusters),
-            svg2.cluster_order(plan.k_labels, config.num_k_clusters),
+            cluster_order(plan.q_labels, config.num_q_clusters),
+            cluster_order(plan.k_labels, config.num_k_clusters),
         )
 
     def probs(cache, k_sizes):

@@ -19,9 +19,18 @@ first row (the Mosaic kernel's TMA copies into 8-row tiles need that); the ``lea
 are masked like the rows past its end. A chunk's code packs ``uniform + 2·valid + LEAD_UNIT·lead +
 SPAN_UNIT·span``: columns ``lead <= c < valid`` belong to the run, and its rows ``0..valid-1`` lie in key
 clusters ``chunk_kfirst .. chunk_kfirst + span`` (``span`` saturates at ``MAX_SPAN``).
+
+Each run is described at its first key cluster (its *head*): a reverse running minimum finds where it ends,
+and chunk slot ``c`` of a tile belongs to the last head whose first chunk is at or before ``c``, so no list
+of runs is ever compacted. The chunk lists have a static width. Their bound (:func:`max_chunks`) allows
+one run for every other key cluster, so the lists are far wider than a sparse layout needs, and building
+them costs time in proportion to the width. So a plan may be built narrower (``width``). It then runs only
+when every tile fits, and is otherwise rebuilt at full width (:func:`with_complete_plan`).
 """
 
 import dataclasses
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -63,11 +72,61 @@ class ClusterTilePlan:
     k_bounds: Int[Array, "B H Ck2"]
     block_q: int = dataclasses.field(metadata=dict(static=True))
     block_k: int = dataclasses.field(metadata=dict(static=True))
-    row_align: int = dataclasses.field(default=1, metadata=dict(static=True))
+    row_align: int = dataclasses.field(metadata=dict(static=True))
+    num_q: int = dataclasses.field(metadata=dict(static=True))  # query rows (before tile padding)
+    num_k: int = dataclasses.field(metadata=dict(static=True))  # key rows (before the block_k padding)
 
     def computed_rows(self) -> Int[Array, ""]:
         """Key rows × query tiles the kernel computes (``block_k`` per chunk), for effective FLOP counts."""
         return jnp.sum(self.chunk_counts) * self.block_k
+
+    @property
+    def width(self) -> int:
+        """Slots of the chunk lists (static)."""
+        return self.chunk_starts.shape[-1]
+
+    @property
+    def full_width(self) -> int:
+        """The static bound on chunks per tile (:func:`max_chunks`): a plan this wide always fits."""
+        return max_chunks(self.num_k, self.cluster_map.shape[-1] - 1, self.block_k, self.row_align)
+
+    def fits(self) -> Bool[Array, ""]:
+        """Whether every tile's chunks fit the lists (always true at :attr:`full_width`)."""
+        return jnp.all(self.chunk_counts <= self.width)
+
+    def widened(self) -> "ClusterTilePlan":
+        """The same plan at :attr:`full_width`, rebuilt from this plan's cluster bounds and map."""
+        cq, ck = self.cluster_map.shape[-2] - 1, self.cluster_map.shape[-1] - 1
+        return cluster_tile_plan(
+            jnp.diff(self.q_bounds[..., : cq + 1], axis=-1),
+            jnp.diff(self.k_bounds[..., : ck + 1], axis=-1),
+            self.cluster_map[..., :cq, :ck] != 0,
+            num_q=self.num_q,
+            num_k=self.num_k,
+            block_q=self.block_q,
+            block_k=self.block_k,
+            row_align=self.row_align,
+        )
+
+
+def with_complete_plan(plan: ClusterTilePlan, run: Callable[[ClusterTilePlan], Any]) -> Any:
+    """``run(plan)`` when the plan's lists hold every chunk, else ``run(plan.widened())``: a narrow plan is
+    never run truncated. Both branches are compiled (``lax.cond``); only one runs."""
+    if plan.width >= plan.full_width:
+        return run(plan)
+    return jax.lax.cond(plan.fits(), run, lambda p: run(p.widened()), plan)
+
+
+def default_width(num_k: int, num_k_clusters: int, block_k: int, row_align: int) -> int | None:
+    """The narrow list width :func:`cluster_plan_for` builds first: a quarter of the static bound, in
+    multiples of 64, when the bound is 1024 chunks or more (None: the full bound). Building the lists
+    costs time in proportion to their width (about 1.6 of the 2.8 ms of the Wan 720p plan at full width,
+    H200), while a tile of the sparse layouts SVG2 produces needs a fraction of the bound; a plan that
+    does not fit is rebuilt at full width (:func:`with_complete_plan`)."""
+    bound = max_chunks(num_k, num_k_clusters, block_k, row_align)
+    if bound < 1024:
+        return None
+    return -(-bound // 256) * 64
 
 
 LEAD_UNIT = 1 << 10  # chunk code = uniform + 2·valid + LEAD_UNIT·lead + SPAN_UNIT·span (valid <= 256 < 512)
@@ -100,17 +159,6 @@ def _prefix(x: Array, axis: int) -> Array:
     return jnp.pad(c, pad)
 
 
-def _compact(flags: Bool[Array, "G T C"], width: int) -> Int[Array, "G T W"]:
-    """Ascending positions of the set flags of each row, in ``width`` slots (unused slots: 0)."""
-    g, t, c = flags.shape
-    rank = jnp.cumsum(flags, axis=-1, dtype=jnp.int32) - 1
-    target = jnp.where(flags, rank, width)  # unset -> dropped
-    gi = jnp.arange(g)[:, None, None]
-    ti = jnp.arange(t)[None, :, None]
-    pos = jnp.broadcast_to(jnp.arange(c, dtype=jnp.int32), flags.shape)
-    return jnp.zeros((g, t, width), jnp.int32).at[gi, ti, target].set(pos, mode="drop")
-
-
 def _bounds(sizes: Array, total: int, padded: int) -> Array:
     """``[G, C+2]`` first row of each cluster, then ``total`` (the sentinel cluster) and ``padded``."""
     edge = lambda x: jnp.full((sizes.shape[0], 1), x, jnp.int32)
@@ -128,13 +176,13 @@ def _neighbours(nonempty: Bool[Array, "G C"]) -> tuple[Array, Array]:
     return prev, nxt
 
 
-def _plan(q_sizes, k_sizes, cmap, *, num_q: int, num_k: int, block_q: int, block_k: int, row_align: int):
+def _plan(
+    q_sizes, k_sizes, cmap, *, num_q: int, num_k: int, block_q: int, block_k: int, row_align: int, width: int
+):
     """Plan for G = B·H groups: q_sizes ``[G, Cq]``, k_sizes ``[G, Ck]``, cmap ``[G, Cq, Ck]``."""
     g = q_sizes.shape[0]
     ck = k_sizes.shape[1]
     nqt = -(-num_q // block_q)
-    width = max_chunks(num_k, ck, block_k, row_align)
-    max_runs = (ck + 1) // 2
     q_lab = cluster_labels(q_sizes, nqt * block_q)  # [G, Nq_pad]; rows past num_q get Cq
     k_lab = cluster_labels(k_sizes, num_k + block_k)  # [G, M + bk]; rows past num_k get Ck
     q_nonempty, k_nonempty = q_sizes > 0, k_sizes > 0  # [G, Cq], [G, Ck]
@@ -153,42 +201,41 @@ def _plan(q_sizes, k_sizes, cmap, *, num_q: int, num_k: int, block_q: int, block
     union = votes > 0
     mixed = union & (votes < present_q[:, :, None])  # selected by some, not all, of the tile's clusters
 
-    # Runs of consecutive selected key clusters (empty clusters have no rows and are skipped over).
+    # Runs of consecutive selected key clusters (empty clusters have no rows and are skipped over). Each
+    # run is described at its first cluster j (a "head"), so no list of runs is ever compacted.
     prev, nxt = _neighbours(k_nonempty)  # [G, Ck]
     sel_at = lambda idx: jnp.take_along_axis(
         jnp.pad(union, ((0, 0), (0, 0), (1, 1))), jnp.broadcast_to(idx[:, None, :] + 1, union.shape), axis=2
     )
-    starts = union & ~sel_at(prev)  # [G, nqt, Ck]
+    heads = union & ~sel_at(prev)  # [G, nqt, Ck]
     ends = union & ~sel_at(nxt)
-    run_first = _compact(starts, max_runs)  # [G, nqt, R] first key cluster of each run
-    run_last = _compact(ends, max_runs)
-    num_runs = jnp.sum(starts, axis=-1, dtype=jnp.int32)  # [G, nqt]
-    k_end = jnp.cumsum(k_sizes, axis=-1, dtype=jnp.int32)  # [G, Ck]
-    k_start = k_end - k_sizes
-    at = lambda table, idx: jnp.take_along_axis(table[:, None, :], idx, axis=2)  # [G, nqt, R]
-    run_valid = jnp.arange(max_runs)[None, None, :] < num_runs[:, :, None]
-    row_first = at(k_start, run_first)
-    row_start = row_first - row_first % row_align  # the first chunk starts `lead` rows early
-    row_end = jnp.where(run_valid, at(k_end, run_last), row_start)
-    p_mixed = _prefix(mixed.astype(jnp.int32), axis=2)  # [G, nqt, Ck+1]
-    mixed_in_run = jnp.take_along_axis(p_mixed, run_last + 1, 2) - jnp.take_along_axis(p_mixed, run_first, 2)
-    uniform = mixed_in_run == 0  # [G, nqt, R]
-
-    # Expand runs into chunks of block_k rows.
-    n_chunks = -(-(row_end - row_start) // block_k)  # [G, nqt, R]; 0 for unused runs
-    chunk_end = jnp.cumsum(n_chunks, axis=-1)  # [G, nqt, R]
+    k_end = jnp.cumsum(k_sizes, axis=-1, dtype=jnp.int32)[:, None, :]  # [G, 1, Ck]
+    k_start = k_end - k_sizes[:, None, :]
+    idx = jnp.arange(ck, dtype=jnp.int32)
+    # The nearest run end at or after a head is its own run's end (runs do not interleave).
+    next_at = lambda flags, value, none: jax.lax.cummin(jnp.where(flags, value, none), axis=2, reverse=True)
+    run_end_row = next_at(ends, k_end, jnp.iinfo(jnp.int32).max)  # [G, nqt, Ck] valid at heads
+    run_last = next_at(ends, idx, ck)
+    uniform = next_at(mixed, idx, ck) > run_last  # no mixed cluster inside the run
+    row_lead = k_start % row_align  # the first chunk starts `lead` rows before the run
+    row_start = k_start - row_lead
+    n_chunks = jnp.where(heads, -(-(run_end_row - row_start) // block_k), 0)  # [G, nqt, Ck]
+    chunk_end = jnp.cumsum(n_chunks, axis=-1, dtype=jnp.int32)
+    chunk_begin = chunk_end - n_chunks
     counts = chunk_end[..., -1]  # [G, nqt]
-    marks = jnp.zeros((g, nqt, width + 1), jnp.int32)
+
+    # Expand heads into chunks of block_k rows: chunk slot c belongs to the last head whose first chunk
+    # is at or before c (heads' first chunks are distinct and ascending).
     gi, ti = jnp.arange(g)[:, None, None], jnp.arange(nqt)[None, :, None]
-    marks = marks.at[gi, ti, chunk_end[..., :-1]].add(run_valid[..., 1:].astype(jnp.int32), mode="drop")
-    run_of = jnp.cumsum(marks[..., :width], axis=-1)  # [G, nqt, C] run index of each chunk
-    run_of = jnp.minimum(run_of, max_runs - 1)
-    chunk_begin = jnp.take_along_axis(chunk_end - n_chunks, run_of, axis=2)
-    within = jnp.arange(width)[None, None, :] - chunk_begin
-    starts_row = jnp.take_along_axis(row_start, run_of, axis=2) + within * block_k
-    valid = jnp.clip(jnp.take_along_axis(row_end, run_of, axis=2) - starts_row, 0, block_k)
-    lead = jnp.where(within == 0, jnp.take_along_axis(row_first - row_start, run_of, axis=2), 0)
-    code = 2 * valid + jnp.take_along_axis(uniform, run_of, axis=2).astype(jnp.int32) + LEAD_UNIT * lead
+    slot = jnp.where(heads, chunk_begin, width)  # non-heads -> dropped
+    owner = jnp.zeros((g, nqt, width), jnp.int32).at[gi, ti, slot].set(idx + 1, mode="drop")
+    owner = jnp.maximum(jax.lax.cummax(owner, axis=2) - 1, 0)  # [G, nqt, C] head cluster of each chunk
+    of = lambda table: jnp.take_along_axis(jnp.broadcast_to(table, union.shape), owner, axis=2)
+    within = jnp.arange(width, dtype=jnp.int32)[None, None, :] - of(chunk_begin)
+    starts_row = of(row_start) + within * block_k
+    valid = jnp.clip(of(run_end_row) - starts_row, 0, block_k)
+    lead = jnp.where(within == 0, of(row_lead), 0)
+    code = 2 * valid + of(uniform).astype(jnp.int32) + LEAD_UNIT * lead
     in_list = jnp.arange(width)[None, None, :] < counts[:, :, None]
     starts_row = jnp.where(in_list, starts_row, 0).astype(jnp.int32)
     label_at = lambda rows: jnp.take_along_axis(k_lab, rows.reshape(g, -1), axis=1).reshape(rows.shape)
@@ -211,11 +258,21 @@ def cluster_tile_plan(
     block_q: int,
     block_k: int,
     row_align: int = 1,
+    width: int | None = None,
 ) -> ClusterTilePlan:
     """Build the :class:`ClusterTilePlan` for ``block_q``-row query tiles and ``block_k``-row key chunks
-    whose runs start at multiples of ``row_align``."""
+    whose runs start at multiples of ``row_align``.
+
+    ``width``: slots per chunk list; None is the static bound :func:`max_chunks`, which always fits. A
+    narrower plan is cheaper to build but fits only when no tile needs more chunks (``plan.fits()``;
+    ``chunk_counts`` always holds the true counts); the kernels run it through
+    :func:`with_complete_plan`, which rebuilds it at full width when it does not fit."""
     if row_align < 1 or row_align > block_k:
         raise ValueError(f"row_align must be in [1, block_k={block_k}]; got {row_align}")
+    full = max_chunks(num_k, k_cluster_sizes.shape[-1], block_k, row_align)
+    if width is not None and (isinstance(width, bool) or not isinstance(width, int) or width < 1):
+        raise ValueError(f"width must be None or an int >= 1 (chunk slots per query tile); got {width!r}")
+    width = full if width is None else min(width, full)
     b, h = q_cluster_sizes.shape[:2]
     flat = lambda x: x.reshape(b * h, *x.shape[2:])
     outs = _plan(
@@ -227,5 +284,7 @@ def cluster_tile_plan(
         block_q=block_q,
         block_k=block_k,
         row_align=row_align,
+        width=width,
     )
-    return ClusterTilePlan(*(x.reshape(b, h, *x.shape[1:]) for x in outs), block_q, block_k, row_align)
+    tables = (x.reshape(b, h, *x.shape[1:]) for x in outs)
+    return ClusterTilePlan(*tables, block_q, block_k, row_align, num_q, num_k)

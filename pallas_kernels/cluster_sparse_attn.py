@@ -26,7 +26,7 @@ from .block_sparse_attn import (
     online_softmax_step,
     qk_logits,
 )
-from .cluster_plan import ClusterTilePlan, cluster_tile_plan, decode_chunk
+from .cluster_plan import ClusterTilePlan, cluster_tile_plan, decode_chunk, default_width, with_complete_plan
 from .cluster_sparse_attn_mosaic import ROW_ALIGN, cluster_sparse_attention_mosaic, mosaic_plan_ok
 from .common import TritonConfig, default_triton_config, pad_axis, padded_head_dim, resolve_implementation
 from .mosaic_flash import CTA_ROWS, check_mosaic_inputs, mosaic_supports
@@ -257,6 +257,7 @@ def cluster_plan_for(
         block_q=block_q,
         block_k=block_k,
         row_align=row_align,
+        width=default_width(k.shape[1], k_cluster_sizes.shape[2], block_k, row_align),
     )
     return impl, plan
 
@@ -285,6 +286,8 @@ def cluster_sparse_attention_from_plan(
     config: TritonConfig | None = None,
 ) -> Float[Array, "B N H D"]:
     """Run a Pallas kernel on a plan from :func:`cluster_tile_plan` (to time or reuse the plan apart).
+    A plan built narrower than its static bound runs as it is when every tile fits, else rebuilt at full
+    width (both compiled; :func:`~.cluster_plan.with_complete_plan`).
 
     q has the plan's ``N`` rows or its :func:`padded_rows` (then so does the output); k and v its ``M``
     rows or their padded rows. Shorter operands are padded here, which copies them.
@@ -313,12 +316,14 @@ def cluster_sparse_attention_from_plan(
         )
     sm_scale = checks.default_sm_scale(q) if sm_scale is None else float(sm_scale)
     if impl == "pallas_mosaic":
-        return cluster_sparse_attention_mosaic(q, k, v, plan, sm_scale=sm_scale)
+        return with_complete_plan(
+            plan, lambda p: cluster_sparse_attention_mosaic(q, k, v, p, sm_scale=sm_scale)
+        )
     interpret = (jax.default_backend() != "gpu") if interpret is None else interpret
     dp = padded_head_dim(d)
     qp = pad_axis(pad_axis(q, 1, nqt * block_q), 3, dp)
     kp = pad_axis(pad_axis(k, 1, mk), 3, dp)  # a chunk may start at any key row: pad block_k rows
     vp = pad_axis(pad_axis(v, 1, mk), 3, dp)
     config = config or default_triton_config(block_q, dp)
-    out = _call(qp, kp, vp, plan, sm_scale=sm_scale, config=config, interpret=interpret)
-    return out[:, :n, :, :d]
+    run = lambda p: _call(qp, kp, vp, p, sm_scale=sm_scale, config=config, interpret=interpret)
+    return with_complete_plan(plan, run)[:, :n, :, :d]

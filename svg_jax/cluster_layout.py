@@ -15,6 +15,8 @@ tokens it halves the computed tile density (0.235 → 0.125 against 0.123 select
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Int
 
+from svg_jax.pallas_kernels import cluster_labels
+
 # Key clusters nobody selects go last (their rows are never visited; where they sit does not matter).
 _UNSELECTED = jnp.float32(3e38)
 
@@ -74,3 +76,18 @@ def reorder(x: Array, order: Int[Array, "*G C"], axis: int) -> Array:
     else:
         idx = order[..., None, :] if axis == -1 else order[..., :, None]
     return jnp.take_along_axis(x, idx, axis=axis)
+
+
+def regroup(
+    order: Int[Array, "*G N"], sizes: Int[Array, "*G C"], layout: Int[Array, "*G C"]
+) -> Int[Array, "*G N"]:
+    """``argsort(relabel(labels, layout), stable=True)`` from ``order = argsort(labels, stable=True)``
+    and the cluster ``sizes``, without a sort: the rows of each cluster move as one block, in the clusters'
+    new order, keeping their order inside the block."""
+    new_sizes = reorder(sizes, layout, -1)
+    start = lambda s: jnp.cumsum(s, axis=-1, dtype=jnp.int32) - s  # first sorted slot of each cluster
+    position = cluster_labels(new_sizes, order.shape[-1])  # [*G, N] new position of each slot's cluster
+    old_first = jnp.take_along_axis(start(sizes), layout, axis=-1)  # [*G, C] by new position
+    slot = jnp.arange(order.shape[-1], dtype=jnp.int32)
+    offset = slot - jnp.take_along_axis(start(new_sizes), position, axis=-1)  # rank inside the cluster
+    return jnp.take_along_axis(order, jnp.take_along_axis(old_first, position, axis=-1) + offset, axis=-1)

@@ -32,13 +32,16 @@ class KMeansResult(NamedTuple):
     """Outcome of :func:`kmeans` (a pytree).
 
     ``labels`` and ``sizes`` come from the last assignment; ``centroids`` are the means of those clusters
-    (a cluster that ended empty keeps its previous centroid), so ``sizes == bincount(labels)``.
+    (a cluster that ended empty keeps its previous centroid), so ``sizes == bincount(labels)``. ``order``
+    is the stable argsort of ``labels`` (each cluster's rows, cluster after cluster): the sort-based
+    update computes it anyway, so callers that sort tokens by cluster need not sort again.
     """
 
     labels: Int[Array, "*groups N"]  # cluster of each row, in [0, K)
     centroids: Float[Array, "*groups K D"]  # float32
     sizes: Int[Array, "*groups K"]  # rows per cluster; zero for empty clusters
     num_iters_run: Int[Array, ""]  # Lloyd iterations actually run (<= num_iters)
+    order: Int[Array, "*groups N"]  # argsort(labels, stable=True) per group
 
 
 def _check(x, num_clusters, num_iters, key, init_centroids, tol) -> None:
@@ -144,9 +147,21 @@ def update_centroids(
     the runs with :func:`svg_jax.pallas_kernels.cluster_sums` (``interpret`` as there); the sums agree
     up to float32 summation order. ``"auto"`` is Triton on GPU and XLA on CPU; ``"pallas_mosaic"`` (the
     assignment kernel's choice) maps to Triton, as there is no Mosaic update kernel."""
+    new_c, sizes, _ = _update(x, labels, centroids, implementation=implementation, interpret=interpret)
+    return new_c, sizes
+
+
+def _update_implementation(implementation: str) -> str:
+    """The update's path: ``"pallas_mosaic"`` (the assignment kernel's choice) sums with Triton."""
+    return resolve_implementation("pallas_triton" if implementation == "pallas_mosaic" else implementation)
+
+
+def _update(x, labels, centroids, *, implementation, interpret):
+    """:func:`update_centroids` plus the rows' stable order by label where the update sorted (else None)."""
     groups, d = group_shape(x), x.shape[-1]
     k = centroids.shape[-2]
-    impl = resolve_implementation("pallas_triton" if implementation == "pallas_mosaic" else implementation)
+    impl = _update_implementation(implementation)
+    order = None
     if impl == "xla":
         g = math.prod(groups)
         seg = labels.reshape(g, -1) + k * jnp.arange(g, dtype=jnp.int32)[:, None]  # [G, N] global ids
@@ -162,7 +177,7 @@ def update_centroids(
         sums = cluster_sums(x, order, bounds, implementation=impl, interpret=interpret)  # [*groups, K, D]
         sizes = jnp.diff(bounds, axis=-1)  # [*groups, K]
     means = sums / jnp.maximum(sizes, 1)[..., None].astype(jnp.float32)
-    return jnp.where(sizes[..., None] > 0, means, centroids), sizes
+    return jnp.where(sizes[..., None] > 0, means, centroids), sizes, order
 
 
 def kmeans(
@@ -195,16 +210,20 @@ def kmeans(
     log.debug("kmeans: x=%s K=%d iters<=%d tol=%s", x.shape, num_clusters, num_iters, tol)
     c0 = random_init(x, num_clusters, key) if init_centroids is None else init_centroids.astype(jnp.float32)
 
+    opts = dict(implementation=implementation, interpret=interpret)
+
     def assign(c):
-        labels, _ = kmeans_assign(
-            x, c, implementation=implementation, interpret=interpret, config=assign_config
-        )
+        labels, _ = kmeans_assign(x, c, config=assign_config, **opts)
         return labels
+
+    def result(labels, centroids, sizes, iters, order):
+        order = cluster_order(labels, num_clusters) if order is None else order  # the XLA update: sort now
+        return KMeansResult(labels, centroids, sizes, iters, order)
 
     if num_iters == 0:
         labels = assign(c0)
-        _, sizes = update_centroids(x, labels, c0, implementation=implementation, interpret=interpret)
-        return KMeansResult(labels, c0, sizes, jnp.int32(0))
+        _, sizes, order = _update(x, labels, c0, **opts)
+        return result(labels, c0, sizes, jnp.int32(0), order)
 
     def cond(carry):
         i, shift = carry[0], carry[1]
@@ -213,20 +232,24 @@ def kmeans(
             go &= (i == 0) | (shift > tol)
         return go
 
+    sorts = _update_implementation(implementation) != "xla"  # the update returns the order
+
     def body(carry):
-        i, _, c, _, _ = carry
+        i, _, c, _, _, *order = carry
         labels = assign(c)
-        new_c, sizes = update_centroids(x, labels, c, implementation=implementation, interpret=interpret)
+        new_c, sizes, order = _update(x, labels, c, **opts)
         shift = jnp.sqrt(jnp.max(jnp.sum((new_c - c) ** 2, axis=-1)))
-        return i + 1, shift, new_c, labels, sizes
+        return i + 1, shift, new_c, labels, sizes, *([order] if sorts else [])
 
     groups, n = group_shape(x), x.shape[1]
+    zeros = jnp.zeros((*groups, n), jnp.int32)
     init = (
         jnp.int32(0),
         jnp.float32(jnp.inf),
         c0,
-        jnp.zeros((*groups, n), jnp.int32),
+        zeros,
         jnp.zeros((*groups, num_clusters), jnp.int32),
+        *([zeros] if sorts else []),
     )
-    iters, _, centroids, labels, sizes = jax.lax.while_loop(cond, body, init)
-    return KMeansResult(labels, centroids, sizes, iters)
+    iters, _, centroids, labels, sizes, *order = jax.lax.while_loop(cond, body, init)
+    return result(labels, centroids, sizes, iters, order[0] if sorts else None)

@@ -17,8 +17,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
-from svg_jax.cluster_layout import inverse_permutation, relabel, reorder, seriate
-from svg_jax.kmeans import KMeansResult, cluster_order, kmeans
+from svg_jax.cluster_layout import inverse_permutation, regroup, relabel, reorder, seriate
+from svg_jax.kmeans import KMeansResult, kmeans
 from svg_jax.layout import TextTokens
 from svg_jax.pallas_kernels import (
     checks,
@@ -243,7 +243,8 @@ def _check_call(q, k, v, config, cache, text) -> None:
 
 def _cluster(x, cached, warm, key, *, num_clusters: int, config: SVG2Config, implementation, interpret):
     """Per-(batch, head) k-means of ``[B, Nv, H, D]`` tokens, read in place: cold (``key``) or warm
-    (``cached [B, H, C, D]``). Returns labels ``[B, H, Nv]``, centroids, sizes ``[B, H, C]``, iterations."""
+    (``cached [B, H, C, D]``). Returns labels ``[B, H, Nv]``, centroids, sizes ``[B, H, C]``, iterations
+    and the tokens' stable order by label ``[B, H, Nv]``."""
     opts = dict(tol=KMEANS_TOL, implementation=implementation, interpret=interpret)
 
     def cold(_) -> KMeansResult:
@@ -253,7 +254,7 @@ def _cluster(x, cached, warm, key, *, num_clusters: int, config: SVG2Config, imp
         return kmeans(x, num_clusters, num_iters=config.kmeans_warm_iters, init_centroids=cached, **opts)
 
     res = jax.lax.cond(warm, hot, cold, None)
-    return res.labels, res.centroids, res.sizes, res.num_iters_run
+    return res.labels, res.centroids, res.sizes, res.num_iters_run, res.order
 
 
 def svg2_plan(
@@ -277,10 +278,10 @@ def svg2_plan(
     nv = qv.shape[1]
     key_q, key_k = jax.random.split(key)
     opts = dict(config=config, implementation=implementation, interpret=interpret)
-    q_lab, q_cen, q_sizes, q_iters = _cluster(
+    q_lab, q_cen, q_sizes, q_iters, q_sorted = _cluster(
         qv, cache.q_centroids, cache.warm, key_q, num_clusters=config.num_q_clusters, **opts
     )
-    k_lab, k_cen, k_sizes, k_iters = _cluster(
+    k_lab, k_cen, k_sizes, k_iters, k_sorted = _cluster(
         kv, cache.k_centroids, cache.warm, key_k, num_clusters=config.num_k_clusters, **opts
     )
     probs = cluster_probabilities(q_cen, k_cen, k_sizes, sm_scale=sm_scale)  # [B, H, Cq, Ck]
@@ -289,6 +290,7 @@ def svg2_plan(
     # Lay the clusters out so that selected pairs are contiguous (fewer kernel chunks, same attention).
     q_order, k_order = seriate(cmap, config.layout_sweeps)
     q_lab, k_lab = relabel(q_lab, q_order), relabel(k_lab, k_order)
+    q_perm, k_perm = regroup(q_sorted, q_sizes, q_order), regroup(k_sorted, k_sizes, k_order)  # no new sort
     q_sizes, k_sizes = reorder(q_sizes, q_order, -1), reorder(k_sizes, k_order, -1)
     cmap = reorder(reorder(cmap, q_order, -2), k_order, -1)
     probs = reorder(reorder(probs, q_order, -2), k_order, -1)
@@ -314,8 +316,8 @@ def svg2_plan(
     plan = SVG2Plan(
         q_labels=q_lab,
         k_labels=k_lab,
-        q_perm=cluster_order(q_lab, config.num_q_clusters),
-        k_perm=cluster_order(k_lab, config.num_k_clusters),
+        q_perm=q_perm,
+        k_perm=k_perm,
         q_cluster_sizes=q_sizes_all,
         k_cluster_sizes=k_sizes_all,
         cluster_map=cmap_all,

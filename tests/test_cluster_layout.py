@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from svg_jax.cluster_layout import relabel, reorder, seriate
+from svg_jax.cluster_layout import regroup, relabel, reorder, seriate
 from svg_jax.pallas_kernels import cluster_tile_plan
 from svg_jax.svg2 import SVG2Cache, SVG2Config, apply_svg2_plan, svg2_plan
 
@@ -38,6 +38,20 @@ def test_orders_are_permutations_and_relabel_keeps_every_pair(cq, ck, density, s
     nq, nk = np.asarray(relabel(ql, q_order)), np.asarray(relabel(kl, k_order))
     after = np.asarray(new)[np.arange(2)[:, None, None], nq[:, :, None], nk[:, None]]
     np.testing.assert_array_equal(after, before)
+
+
+@settings(max_examples=10, deadline=None, derandomize=True)
+@given(c=st.integers(1, 12), n=st.integers(1, 60), seed=st.integers(0, 2**16))
+def test_regroup_is_the_stable_argsort_of_the_new_labels(c, n, seed):
+    """The token order under a new cluster layout, built from the old order without a sort."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, c, (3, n)) * (rng.random((3, 1)) < 0.8)  # some groups: one cluster, rest empty
+    layout = np.argsort(rng.random((3, c)), axis=-1).astype(np.int32)
+    order = np.argsort(labels, axis=-1, kind="stable").astype(np.int32)
+    sizes = np.stack([np.bincount(row, minlength=c) for row in labels]).astype(np.int32)
+    got = jax.jit(regroup)(jnp.asarray(order), jnp.asarray(sizes), jnp.asarray(layout))
+    want = np.argsort(np.asarray(relabel(jnp.asarray(labels), jnp.asarray(layout))), axis=-1, kind="stable")
+    np.testing.assert_array_equal(got, want)
 
 
 def test_block_map_with_shuffled_labels_becomes_contiguous():

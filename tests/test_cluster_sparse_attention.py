@@ -135,8 +135,9 @@ def test_rows_of_unselecting_clusters_are_zero(interpret):
     seed=st.integers(0, 2**16),
 )
 def test_plan_is_exact(n, m, cq, ck, density, row_align, seed):
-    """Each query tile's chunks cover exactly the keys some of its rows may see, each key once;
-    a uniform chunk is allowed for every real row of the tile; chunks start at multiples of row_align."""
+    """Each query tile's chunks cover exactly the keys some of its rows may see, each key once, in as few
+    chunks as the runs allow; a uniform chunk is allowed for every real row of the tile; chunks start at
+    multiples of row_align."""
     b, h, bq, bk = 1, 2, 32, 16
     qs, ks, cmap = random_problem(seed, b, n, m, h, cq, ck, density)
     plan = jax.jit(cluster_tile_plan, static_argnames=PLAN_STATIC)(
@@ -164,6 +165,11 @@ def test_plan_is_exact(n, m, cq, ck, density, row_align, seed):
                     assert rows[:, start + lead : start + valid].all()
             assert covered.max(initial=0) <= 1, "a key row is visited twice"
             np.testing.assert_array_equal(covered.astype(bool), rows.any(axis=0))
+            # No chunk too many: each maximal run of needed key rows costs ceil(rows from its aligned start).
+            edges = np.flatnonzero(np.diff(np.concatenate([[0], rows.any(axis=0), [0]]).astype(int)))
+            first, end = edges[::2], edges[1::2]
+            need = sum(-(-(e - (f - f % row_align)) // bk) for f, e in zip(first, end, strict=True))
+            assert counts[0, hi, t] == need
 
 
 @pytest.mark.gpu

@@ -250,6 +250,9 @@ def test_pallas_path_matches_xla_path():
     b = kmeans_jit(x, num_clusters=6, implementation="xla", **kw)
     np.testing.assert_array_equal(a.labels, b.labels)
     np.testing.assert_allclose(a.centroids, b.centroids, rtol=1e-6, atol=1e-6)
+    # Both give the labels' stable argsort: the sort-based update's own sort, the XLA path a final one.
+    for res in (a, b, kmeans_jit(x, num_clusters=6, num_iters=0, init_centroids=a.centroids)):
+        np.testing.assert_array_equal(res.order, np.argsort(np.asarray(res.labels), axis=-1, kind="stable"))
 
 
 @pytest.mark.parametrize("implementation", ["pallas_triton", "xla"])
@@ -270,6 +273,7 @@ def test_token_major_kmeans_matches_grouped(implementation):
     np.testing.assert_array_equal(np.asarray(warm_t.labels).reshape(b * h, 80), warm_g.labels)
     sizes = np.asarray(warm_t.sizes)
     np.testing.assert_array_equal(sizes.sum(-1), np.full((b, h), 80))  # sizes == bincount(labels)
+    np.testing.assert_array_equal(warm_t.order, np.argsort(np.asarray(warm_t.labels), axis=-1, kind="stable"))
 
 
 def test_token_major_update_keeps_empty_clusters():

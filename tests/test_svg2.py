@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from svg_jax import svg2
+from svg_jax.kmeans import cluster_order
 from svg_jax.layout import TextTokens
 from svg_jax.pallas_kernels import masked_attention_reference, permute_tokens
 from svg_jax.svg2 import SVG2Cache, SVG2Config, apply_svg2_plan, svg2_attention, svg2_plan
@@ -156,14 +157,14 @@ def test_cluster_order_is_the_stable_argsort(lead, n, k, seed):
     if seed % 3 == 0:
         labels = jnp.minimum(labels, 1)  # long runs of equal labels: stability decides everything
     want = jnp.argsort(labels, axis=-1, stable=True)
-    got = svg2.cluster_order(labels, k)
+    got = cluster_order(labels, k)
     assert got.dtype == jnp.int32 and got.shape == labels.shape
     np.testing.assert_array_equal(got, want)
 
 
 def test_cluster_order_refuses_int32_overflow():
     with pytest.raises(ValueError, match="groups·num_clusters < 2\\*\\*31"):
-        svg2.cluster_order(jnp.zeros((3, 5), jnp.int32), 2**30)
+        cluster_order(jnp.zeros((3, 5), jnp.int32), 2**30)
 
 
 def test_permutation_round_trip():
@@ -211,6 +212,9 @@ def test_pipeline_equals_masked_dense(case):
     # Sizes are the clusters' member counts and cover the sequence; the video map keeps >= the floor.
     np.testing.assert_array_equal(plan.q_cluster_sizes.sum(-1), n)
     np.testing.assert_array_equal(plan.k_cluster_sizes.sum(-1), n)
+    # The token orders: k-means' own sort regrouped by the layout = the stable argsort of the plan's labels.
+    for perm, labels in ((plan.q_perm, plan.q_labels), (plan.k_perm, plan.k_labels)):
+        np.testing.assert_array_equal(perm, np.argsort(np.asarray(labels), axis=-1, kind="stable"))
     video_map = np.asarray(plan.cluster_map)[..., : CFG.num_q_clusters, : CFG.num_k_clusters]
     assert (video_map.sum(-1) >= CFG.min_k_clusters).all()
     assert (np.asarray(stats.estimated_recall) >= CFG.top_p - 1e-6).all()
