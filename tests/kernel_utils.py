@@ -4,6 +4,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from svg_jax.pallas_kernels import cluster_tile_plan
+
 # Relative error ‖out − ref‖ / ‖ref‖ against the float32 HIGHEST oracle on the same (rounded) inputs.
 REL_TOL = {jnp.float32: 1e-5, jnp.bfloat16: 2e-2, jnp.float16: 5e-3}
 
@@ -33,6 +35,21 @@ def random_cluster_sizes(
     sizes = np.floor(weights / weights.sum() * total).astype(np.int32)
     sizes[int(np.argmax(weights))] += total - int(sizes.sum())
     return sizes
+
+
+def random_problem(seed, b, n, m, h, cq, ck, density, zero_frac=0.2):
+    """Random cluster sizes ``[B, H, Cq]`` / ``[B, H, Ck]`` (some empty) and a map of the given density."""
+    rng = np.random.default_rng(seed)
+    qs = np.stack([[random_cluster_sizes(rng, n, cq, zero_frac) for _ in range(h)] for _ in range(b)])
+    ks = np.stack([[random_cluster_sizes(rng, m, ck, zero_frac) for _ in range(h)] for _ in range(b)])
+    cmap = rng.random((b, h, cq, ck)) < density
+    return jnp.asarray(qs), jnp.asarray(ks), jnp.asarray(cmap)
+
+
+# cluster_tile_plan compiled once per shape and static setting.
+tile_plan = jax.jit(
+    cluster_tile_plan, static_argnames=("num_q", "num_k", "block_q", "block_k", "row_align", "width")
+)
 
 
 def assert_close(out, ref, dtype) -> None:

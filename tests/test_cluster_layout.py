@@ -8,12 +8,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from kernel_utils import tile_plan
 
 from svg_jax.cluster_layout import regroup, relabel, reorder, seriate
-from svg_jax.pallas_kernels import cluster_tile_plan
 from svg_jax.svg2 import SVG2Cache, SVG2Config, apply_svg2_plan, svg2_plan
-
-STATIC = ("num_q", "num_k", "block_q", "block_k", "row_align")
 
 
 @settings(max_examples=5, deadline=None, derandomize=True)
@@ -69,7 +67,7 @@ def test_block_map_with_shuffled_labels_becomes_contiguous():
     # ... and the chunk plan walks one run per query cluster instead of many.
     sizes_q, sizes_k = jnp.full((1, 1, cq), 40), jnp.full((1, 1, ck), 37)
     opts = dict(num_q=40 * cq, num_k=37 * ck, block_q=128, block_k=64, row_align=8)
-    plan = lambda qs, ks, m: jax.jit(cluster_tile_plan, static_argnames=STATIC)(qs, ks, m[None], **opts)
+    plan = lambda qs, ks, m: tile_plan(qs, ks, m[None], **opts)
     before = plan(sizes_q, sizes_k, cmap).computed_rows()
     after = plan(sizes_q, sizes_k, jnp.asarray(new)[None]).computed_rows()
     assert int(after) < 0.75 * int(before), (int(after), int(before))

@@ -7,8 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from kernel_utils import assert_close, random_qkv
-from test_cluster_sparse_attention import PLAN_STATIC, random_problem
+from kernel_utils import assert_close, random_problem, random_qkv, tile_plan
 
 from svg_jax.pallas_kernels import (
     cluster_sparse_attention_from_plan,
@@ -22,8 +21,7 @@ TABLES = ("chunk_starts", "chunk_codes", "chunk_kfirst")
 
 
 def _plans(qs, ks, cmap, widths, **opts):
-    build = jax.jit(cluster_tile_plan, static_argnames=(*PLAN_STATIC, "width"))
-    return [build(qs, ks, cmap, width=w, **opts) for w in widths]
+    return [tile_plan(qs, ks, cmap, width=w, **opts) for w in widths]
 
 
 def test_narrow_lists_are_the_full_lists_cut_and_widen_back():

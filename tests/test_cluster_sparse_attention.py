@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from kernel_utils import REL_TOL, assert_close, random_cluster_sizes, random_qkv, rel_error
+from kernel_utils import REL_TOL, assert_close, random_problem, random_qkv, rel_error, tile_plan
 
 from svg_jax.pallas_kernels import (
     cluster_map_to_mask,
@@ -21,16 +21,6 @@ from svg_jax.pallas_kernels import (
 )
 from svg_jax.pallas_kernels.cluster_plan import MAX_SPAN, decode_chunk, decode_span
 from svg_jax.pallas_kernels.common import is_hopper
-
-PLAN_STATIC = ("num_q", "num_k", "block_q", "block_k", "row_align")
-
-
-def random_problem(seed, b, n, m, h, cq, ck, density, zero_frac=0.2):
-    rng = np.random.default_rng(seed)
-    qs = np.stack([[random_cluster_sizes(rng, n, cq, zero_frac) for _ in range(h)] for _ in range(b)])
-    ks = np.stack([[random_cluster_sizes(rng, m, ck, zero_frac) for _ in range(h)] for _ in range(b)])
-    cmap = rng.random((b, h, cq, ck)) < density
-    return jnp.asarray(qs), jnp.asarray(ks), jnp.asarray(cmap)
 
 
 def run_both(q, k, v, qs, ks, cmap, *, interpret, block_q=64, block_k=32):
@@ -140,9 +130,7 @@ def test_plan_is_exact(n, m, cq, ck, density, row_align, seed):
     multiples of row_align."""
     b, h, bq, bk = 1, 2, 32, 16
     qs, ks, cmap = random_problem(seed, b, n, m, h, cq, ck, density)
-    plan = jax.jit(cluster_tile_plan, static_argnames=PLAN_STATIC)(
-        qs, ks, cmap, num_q=n, num_k=m, block_q=bq, block_k=bk, row_align=row_align
-    )
+    plan = tile_plan(qs, ks, cmap, num_q=n, num_k=m, block_q=bq, block_k=bk, row_align=row_align)
     mask = np.asarray(
         jax.jit(cluster_map_to_mask, static_argnames=("num_q", "num_k"))(qs, ks, cmap, num_q=n, num_k=m)
     )  # [B, H, N, M]
@@ -197,9 +185,7 @@ def test_fuzz_aligned_plan(n, m, cq, ck, density, seed):
     b, h, d = 1, 2, 64
     q, k, v = random_qkv(seed, b, n, m, h, d)
     qs, ks, cmap = random_problem(seed + 1, b, n, m, h, cq, ck, density)
-    plan = jax.jit(cluster_tile_plan, static_argnames=PLAN_STATIC)(
-        qs, ks, cmap, num_q=n, num_k=m, block_q=32, block_k=16, row_align=8
-    )
+    plan = tile_plan(qs, ks, cmap, num_q=n, num_k=m, block_q=32, block_k=16, row_align=8)
     kernel = functools.partial(
         cluster_sparse_attention_from_plan, implementation="pallas_triton", interpret=True
     )
