@@ -110,7 +110,7 @@ def main(argv=None) -> int:
         for op in prof["ops"][:15]:
             print(f"    {op['ms']:8.3f} ms  x{op['count']:<5g} {op['name'][:100]}")
     call = rows["svg2_attention_warm"]
-    is_attention = lambda name: "mosaic_gpu" in name or "cluster_sparse" in name
+    is_attention = lambda name: "sparse_flash" in name or "cluster_sparse" in name
     kernel_ms = sum(op["ms"] for op in call["ops"] if is_attention(op["name"]))
     base = rows["svg2_attention_warm_label_order"]
     summary = {

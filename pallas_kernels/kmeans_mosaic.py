@@ -1,17 +1,32 @@
 """k-means assignment for Hopper: squared-L2 distances + argmin with wgmma, lowered through Mosaic GPU.
 
-Same contract as :func:`kmeans_assign` (``implementation="pallas_mosaic"``). One CTA owns 128 rows of one
-group: two compute warpgroups (64 rows each) keep their ``x`` tile in shared memory and multiply it by
-centroid tiles that a producer warpgroup streams with TMA through a ring of ``num_stages`` slots;
-each tile's ``‖c‖² − 2·x·c`` (float32 accumulation; ``‖x‖²`` is constant per row and added once at
-the end) updates a running minimum and argmin in registers, and only the labels and distances are
-written. Ties go to the lowest index, as in the other implementations. Inputs: bf16/f16 rows, head dim a
-multiple of 64 (≤ 256).
+Same contract as :func:`kmeans_assign` (``implementation="pallas_mosaic"``) except how near-ties resolve
+(below). The grid is persistent: one CTA per SM deals itself the work items ``(group, 128-row tile)``
+group by group (the CTAs running at once share one group's centroids in L2). Each CTA runs three
+warpgroups:
 
-Status (H100, G=40 N=75600 D=128 bf16): correct, but 3.34 ms at K=1000 against the Triton kernel's 2.32 ms
-(``benchmarks/kmeans_mosaic.py``): each step waits for its wgmma and then reduces the tile's 128 columns
-twice, with no second warpgroup's matmul to hide that (the FA3 ping-pong) and unoptimised row/column
-vector loads. So ``"auto"`` keeps the Triton kernel; this one is reachable only explicitly.
+* warpgroup 2 is the producer: it streams the centroid tiles (``[block_k, D]``, plus their ``‖c‖²``) of
+  all its items through a ring of ``num_stages`` shared-memory slots with TMA, so the next item's first
+  tiles load while the current one finishes;
+* warpgroups 0 and 1 each own 64 rows of the item. A warpgroup loads its rows itself, one item ahead
+  (two buffers), and moves them to registers once per item: they are the wgmma's A operand for all
+  the item's tiles (only the centroids are read from shared memory), and give the rows' ``‖x‖²``.
+
+The distances come out of the tensor cores whole: the centroids are passed as ``−2·c`` (exact in
+bf16/f16) and each tile's float32 accumulator starts at ``‖x‖² + ‖c‖²``, so the wgmma leaves
+``‖x − c‖²``. The argmin then costs two integer ops per distance: a distance's bits with the low 7
+replaced by its column in the tile form a key whose integer order is the distance order (distances are
+``≥ 0`` up to rounding), and one min per row yields the smallest distance and, among equal ones, the
+lowest column. So the argmin is taken over distances truncated to 17 significant bits (ties and
+near-ties within ``2⁻¹⁷`` relative go to the lowest index; distances within rounding of zero count as
+ties), and ``min_dist`` is that truncated distance. The steps are software-pipelined over all of a
+CTA's tiles, items back to back: step ``t`` issues tile ``t``'s matrix multiply and folds tile ``t − 1``
+into the running argmin while the tensor cores work.
+
+Rows are not padded: the last row tile of a group reads past row ``N`` (TMA fills zeros) and its extra
+outputs are dropped (an ``N`` that is not a multiple of 8, or below 128, is padded: a copy). Token-major
+``[B, N, H, D]`` inputs are read in place (strided TMA rows), as the Triton kernel does. Inputs: bf16/f16
+rows, head dim a multiple of 64 (≤ 256).
 """
 
 import jax
@@ -22,11 +37,14 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 from jaxtyping import Array, Float, Int
 
 from .common import pad_axis
+from .kmeans_reference import rounded_centroids
+from .mosaic_flash import COL, ROW, num_programs_for
 
 WG_ROWS = 64
 CTA_ROWS = 2 * WG_ROWS
-BLOCK_K = 128
 MOSAIC_DTYPES = (jnp.bfloat16, jnp.float16)
+KEY_MASK = -128  # int32 ~127: a distance's bits without the 7 low ones, which carry the tile column
+SMEM_BUDGET = 224 * 1024  # bytes of shared memory the buffers may take (227 KiB per CTA on sm90)
 
 
 def kmeans_mosaic_supports(x: jax.Array) -> bool:
@@ -34,135 +52,242 @@ def kmeans_mosaic_supports(x: jax.Array) -> bool:
     return x.dtype in MOSAIC_DTYPES and x.shape[-1] % 64 == 0 and x.shape[-1] <= 256
 
 
-def _kernel(x_ref, c_ref, cc_ref, xx_ref, label_ref, dist_ref, scoped, *, num_k_blocks, stages):
-    g, rt, wg = lax.axis_index("groups"), lax.axis_index("rows"), lax.axis_index("wg")
-    (x_smem2, c_smem, cc_smem, lab_smem2, dist_smem2), (c_ready, cc_ready, x_ready), c_free = scoped
+def ring_fit(d: int, block_k: int, itemsize: int = 2) -> int:
+    """How many centroid ring slots fit in shared memory beside the four 64-row buffers of ``x``."""
+    x_bytes = 4 * WG_ROWS * d * itemsize
+    return (SMEM_BUDGET - x_bytes) // (block_k * d * itemsize + block_k * 4)
+
+
+def default_block_k(d: int) -> int:
+    """128 centroids per tile where a two-slot ring fits (D ≤ 192), else 64."""
+    return 128 if ring_fit(d, 128) >= 2 else 64
+
+
+def ring_stages(d: int, block_k: int, num_stages: int, itemsize: int = 2) -> int:
+    """Centroid ring depth: ``num_stages`` capped by what fits beside the ``x`` buffers (at least 2)."""
+    fit = ring_fit(d, block_k, itemsize)
+    if fit < 2:
+        raise ValueError(
+            f"block_k={block_k} at head dim {d} leaves shared memory for {fit} centroid ring slot(s), "
+            "need 2: use block_k=64"
+        )
+    return min(max(2, num_stages), fit)
+
+
+def _kernel(x_ref, c_ref, cc_ref, label_ref, dist_ref, scoped, *, n_rt, num_k_blocks, block_k, stages):
+    sm, n_programs = lax.axis_index("sm"), lax.axis_size("sm")
+    wg = lax.axis_index("wg")
+    (x_smem, c_smem, cc_smem, lab_smem2, dist_smem2), (c_ready, cc_ready, x_ready), c_free = scoped
+    num_groups = label_ref.shape[0]
+    kb = num_k_blocks
+    token_major = len(x_ref.shape) == 4
+    rounds = lax.div(num_groups * n_rt - sm + n_programs - 1, n_programs)  # this CTA's work items
+
+    def item_at(r):  # (group, first row of the 128-row tile)
+        item = sm + r * n_programs
+        return lax.div(item, jnp.int32(n_rt)), lax.rem(item, jnp.int32(n_rt)) * CTA_ROWS
+
+    def ring(t):
+        return lax.rem(t, jnp.int32(stages))
 
     @pl.when(wg < 2)
     def _compute():
         plgpu.set_max_registers(232, action="increase")
-        x_smem = x_smem2.at[wg]
-        row0 = rt * CTA_ROWS + wg * WG_ROWS
-        plgpu.copy_gmem_to_smem(x_ref.at[g, pl.ds(row0, WG_ROWS)], x_smem, x_ready.at[wg])
-        xx = plgpu.load(
-            xx_ref.at[g, pl.ds(row0, WG_ROWS)], (), layout=plgpu.Layout.WGMMA.reduce(1), optimized=False
-        )
-        plgpu.barrier_wait(x_ready.at[wg])
-        best_d = plgpu.layout_cast(jnp.full((WG_ROWS,), jnp.inf, jnp.float32), plgpu.Layout.WGMMA.reduce(1))
-        best_i = plgpu.layout_cast(jnp.full((WG_ROWS,), 0.0, jnp.float32), plgpu.Layout.WGMMA.reduce(1))
-        cols = plgpu.broadcasted_iota(jnp.int32, (WG_ROWS, BLOCK_K), 1, layout=plgpu.Layout.WGMMA).astype(
-            jnp.float32
-        )
-
-        def step(j, carry):
-            best_d, best_i = carry
-            slot = lax.rem(j, jnp.int32(stages))
-            plgpu.barrier_wait(c_ready.at[slot])
-            plgpu.barrier_wait(cc_ready.at[slot])
-            cc = plgpu.load(cc_smem.at[slot], (), layout=plgpu.Layout.WGMMA.reduce(0), optimized=False)
-
-            def xc(acc_ref):
-                plgpu.wgmma(acc_ref, x_smem, c_smem.at[slot].transpose((1, 0)))
-                return acc_ref[...]
-
-            s = pl.run_scoped(xc, plgpu.ACC((WG_ROWS, BLOCK_K), jnp.float32))
-            plgpu.barrier_arrive(c_free.at[slot])
-            d = lax.broadcast_in_dim(cc, s.shape, [1]) - 2.0 * s  # ‖x‖² is added once, after the loop
-            tile_min = -((-d).max(axis=1))
-            hit = d == lax.broadcast_in_dim(tile_min, d.shape, [0])
-            tile_arg = -(jnp.where(hit, -cols, -jnp.inf).max(axis=1)) + (j * BLOCK_K).astype(jnp.float32)
-            better = tile_min < best_d  # strict: an earlier tile keeps its ties
-            return jnp.where(better, tile_min, best_d), jnp.where(better, tile_arg, best_i)
-
-        best_d, best_i = lax.fori_loop(0, num_k_blocks, step, (best_d, best_i))
-        best_d = best_d + xx
         lab_smem, dist_smem = lab_smem2.at[wg], dist_smem2.at[wg]
-        lab_smem[...] = best_i.astype(jnp.int32)
-        dist_smem[...] = best_d
-        plgpu.commit_smem()
-        plgpu.copy_smem_to_gmem(lab_smem, label_ref.at[g, pl.ds(row0, WG_ROWS)])
-        plgpu.copy_smem_to_gmem(dist_smem, dist_ref.at[g, pl.ds(row0, WG_ROWS)])
+        cols = plgpu.broadcasted_iota(jnp.int32, (WG_ROWS, block_k), 1, layout=plgpu.Layout.WGMMA)
+
+        def buf_of(r):  # this warpgroup's row buffer for item r (two per warpgroup, alternating)
+            return lax.rem(r, 2) * 2 + wg
+
+        def load_rows(r):
+            g, start = item_at(r)
+            rows = pl.ds(start + wg * WG_ROWS, WG_ROWS)
+            if token_major:  # group g = b·H + h
+                heads = x_ref.shape[2]
+                src = x_ref.at[lax.div(g, jnp.int32(heads)), rows, lax.rem(g, jnp.int32(heads))]
+            else:
+                src = x_ref.at[g, rows]
+            plgpu.copy_gmem_to_smem(src, x_smem.at[buf_of(r)], x_ready.at[buf_of(r)])
+
+        def finish_item(r, best_key, best_i):
+            g, start = item_at(r)
+            rows = pl.ds(start + wg * WG_ROWS, WG_ROWS)
+            plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # the previous item's outputs left smem
+            lab_smem[...] = best_i
+            dist_smem[...] = lax.bitcast_convert_type(best_key, jnp.float32)
+            plgpu.commit_smem()
+            plgpu.copy_smem_to_gmem(lab_smem, label_ref.at[g, rows])
+            plgpu.copy_smem_to_gmem(dist_smem, dist_ref.at[g, rows])
+
+        def update(s, t, best_key, best_i):  # fold tile t's distances s into the running argmin
+            # Key = the distance's bits with the column in the low 7 bits: one integer min per row gives
+            # the smallest (truncated) distance and, among equal ones, the lowest column.
+            key = (lax.bitcast_convert_type(s, jnp.int32) & KEY_MASK) | cols
+            tile_key = key.min(axis=1)
+            tile_val = tile_key & KEY_MASK
+            tile_arg = (tile_key & ~KEY_MASK) + lax.rem(t, jnp.int32(kb)) * block_k
+            better = tile_val < best_key  # strict: an earlier tile keeps its ties
+            return jnp.where(better, tile_val, best_key), jnp.where(better, tile_arg, best_i)
+
+        load_rows(0)
+        no_key = plgpu.layout_cast(jnp.full((WG_ROWS,), jnp.iinfo(jnp.int32).max, jnp.int32), ROW)
+        zero = plgpu.layout_cast(jnp.full((WG_ROWS,), 0, jnp.int32), ROW)
+        s0 = plgpu.layout_cast(jnp.full((WG_ROWS, block_k), 0.0, jnp.float32), plgpu.Layout.WGMMA)
+
+        def item(r, carry):
+            # The item's rows go to registers (the wgmma's A operand), so their buffer is free at once
+            # for the next item's rows.
+            plgpu.barrier_wait(x_ready.at[buf_of(r)])
+            x = plgpu.load(x_smem.at[buf_of(r)], (), layout=plgpu.Layout.WGMMA)
+            xf = x.astype(jnp.float32)
+            xx = (xf * xf).sum(axis=1)
+
+            @pl.when(r + 1 < rounds)
+            def _():
+                load_rows(r + 1)
+
+            # Software pipeline over all of this CTA's tiles (items back to back): step j issues tile j's
+            # matrix multiply, then folds the tile before it (the previous item's last one for j = 0)
+            # into the argmin while the tensor cores work.
+            def step(j, carry):
+                best_key, best_i, s_prev = carry
+                t = r * kb + j
+                slot = ring(t)
+                plgpu.barrier_wait(c_ready.at[slot])
+                plgpu.barrier_wait(cc_ready.at[slot])
+                cc = plgpu.load(cc_smem.at[slot], (), layout=COL, optimized=False)
+                # The accumulator starts at ‖x‖² + ‖c‖² and the centroids come as −2·c (exact in bf16 and
+                # f16), so the matrix multiply leaves the squared distances.
+                bias = lax.broadcast_in_dim(cc, s0.shape, [1]) + lax.broadcast_in_dim(xx, s0.shape, [0])
+
+                def xc(refs):
+                    acc_ref, key_ref, arg_ref = refs
+                    plgpu.wgmma(acc_ref, x, c_smem.at[slot].transpose((1, 0)))
+                    key_ref[...], arg_ref[...] = update(s_prev, t - 1, key_ref[...], arg_ref[...])
+
+                s, best_key, best_i = pl.run_state(xc)((plgpu.ACC.init(bias), best_key, best_i))
+                plgpu.barrier_arrive(c_free.at[slot])
+
+                @pl.when((j == 0) & (r > 0))
+                def _():
+                    finish_item(r - 1, best_key, best_i)
+
+                first = lax.broadcast_in_dim(j == 0, (WG_ROWS,), ())  # a new item starts from scratch
+                return jnp.where(first, no_key, best_key), jnp.where(first, zero, best_i), s
+
+            return lax.fori_loop(0, kb, step, carry)
+
+        best_key, best_i, s = lax.fori_loop(0, rounds, item, (no_key, zero, s0))
+        finish_item(rounds - 1, *update(s, rounds * kb - 1, best_key, best_i))
         plgpu.wait_smem_to_gmem(0)
 
     @pl.when(wg == 2)
     def _producer():
         plgpu.set_max_registers(40, action="decrease")
 
-        def fetch(j, slot):
-            rows = pl.ds(j * BLOCK_K, BLOCK_K)
-            plgpu.copy_gmem_to_smem(c_ref.at[g, rows], c_smem.at[slot], c_ready.at[slot])
-            plgpu.copy_gmem_to_smem(cc_ref.at[g, rows], cc_smem.at[slot], cc_ready.at[slot])
+        def work(r, base):
+            g, _ = item_at(r)
 
-        for i in range(min(stages, num_k_blocks)):
-            fetch(i, i)
+            @pl.loop(0, kb)
+            def _(j):
+                t = base + j
+                slot = ring(t)
 
-        @pl.loop(0, max(num_k_blocks - stages, 0))
-        def _(j):
-            slot = lax.rem(j, jnp.int32(stages))
-            plgpu.barrier_wait(c_free.at[slot])
-            fetch(j + stages, slot)
+                @pl.when(t >= stages)  # the ring's first lap fills free slots
+                def _():
+                    plgpu.barrier_wait(c_free.at[slot])
+
+                rows = pl.ds(j * block_k, block_k)
+                plgpu.copy_gmem_to_smem(c_ref.at[g, rows], c_smem.at[slot], c_ready.at[slot])
+                plgpu.copy_gmem_to_smem(cc_ref.at[g, rows], cc_smem.at[slot], cc_ready.at[slot])
+
+            return base + kb
+
+        total = lax.fori_loop(0, rounds, work, jnp.int32(0))
+
+        @pl.loop(jnp.maximum(total - stages, 0), total)  # observe the last lap's releases (barrier rule)
+        def _(t):
+            plgpu.barrier_wait(c_free.at[ring(t)])
 
 
 def kmeans_assign_mosaic(
-    x: Float[Array, "G N D"], centroids: Float[Array, "G K D"], *, num_stages: int = 2
+    x: Float[Array, "G N D"] | Float[Array, "B N H D"],
+    centroids: Float[Array, "G K D"],
+    *,
+    block_k: int | None = None,
+    num_stages: int = 2,
+    num_programs: int | None = None,
 ) -> tuple[Int[Array, "G N"], Float[Array, "G N"]]:
-    """``(labels, min_dist)`` of every row; see :func:`kmeans_assign` (which validates the inputs)."""
+    """``(labels, min_dist)`` of every row, ``[G, N]`` with ``G = B·H`` for token-major ``x``; see
+    :func:`kmeans_assign` (which validates the inputs).
+
+    ``block_k`` (64 or 128; default :func:`default_block_k`) centroids per tile, ``num_stages`` ring slots
+    (capped by shared memory; 2 measured 3–9% faster than 3 or 4 on the H200), ``num_programs`` persistent
+    CTAs (default one per SM): they change speed, never the labels. GPU only: Mosaic GPU's simulator cannot
+    run the accumulator-initialised wgmma (``run_state``).
+    """
     if not kmeans_mosaic_supports(x):
         raise ValueError(
             "implementation='pallas_mosaic' needs bf16/f16 rows with a head dim that is a multiple of 64 "
             f"(at most 256); got {x.dtype} with D={x.shape[-1]}: use implementation='pallas_triton'"
         )
-    g, n, d = x.shape
-    k = centroids.shape[1]
-    c = centroids.astype(x.dtype)
-    cf = c.astype(jnp.float32)
-    kp = -(-k // BLOCK_K) * BLOCK_K
-    cc = jnp.pad(jnp.sum(cf * cf, axis=-1), ((0, 0), (0, kp - k)), constant_values=jnp.inf)  # [G, Kp]
-    c = pad_axis(c, 1, kp)
-    nq = -(-n // CTA_ROWS) * CTA_ROWS
-    xp = pad_axis(x, 1, nq)
-    xf = xp.astype(jnp.float32)
-    xx = jnp.sum(xf * xf, axis=-1)  # [G, Nq]
-    stages = max(2, num_stages)
+    block_k = block_k or default_block_k(x.shape[-1])
+    if block_k not in (64, 128):
+        raise ValueError(f"block_k must be 64 or 128 (one wgmma N tile); got {block_k}")
+    n, d = x.shape[1], x.shape[-1]
+    g, k = centroids.shape[0], centroids.shape[1]
+    if x.ndim == 4 and x.shape[0] * x.shape[2] != g:
+        raise ValueError(f"centroids must have B·H = {x.shape[0] * x.shape[2]} groups; got {g}")
+    c, cc = rounded_centroids(centroids, x.dtype)  # [G, K, D], [G, K]
+    kp = -(-k // block_k) * block_k
+    cc = jnp.pad(cc, ((0, 0), (0, kp - k)), constant_values=jnp.inf)  # [G, Kp]
+    c = pad_axis(-2 * c, 1, kp)  # exact: a power-of-two scale
+    # TMA wants the row count a multiple of 8 (and at least one tile): copies x only for other N.
+    xp = pad_axis(x, 1, max(-(-n // 8) * 8, CTA_ROWS))
+    n_rt = -(-xp.shape[1] // CTA_ROWS)
+    width = n_rt * CTA_ROWS  # the last tile's rows past N read zeros (TMA) and are dropped
+    stages = ring_stages(d, block_k, num_stages, x.dtype.itemsize)
+    programs = num_programs or num_programs_for(g * n_rt, False)
     tiles = (plgpu.TilingTransform((8, 64)), plgpu.SwizzleTransform(128))
-    num_k_blocks = kp // BLOCK_K
 
-    def entry(x_ref, c_ref, cc_ref, xx_ref, label_ref, dist_ref):
+    def kmeans_assign_wgmma(x_ref, c_ref, cc_ref, label_ref, dist_ref):  # (the profiler's kernel name)
         pl.run_scoped(
             lambda *scoped: _kernel(
                 x_ref,
                 c_ref,
                 cc_ref,
-                xx_ref,
                 label_ref,
                 dist_ref,
                 scoped,
-                num_k_blocks=num_k_blocks,
+                n_rt=n_rt,
+                num_k_blocks=kp // block_k,
+                block_k=block_k,
                 stages=stages,
             ),
             (
-                plgpu.SMEM((2, WG_ROWS, d), x.dtype, transforms=tiles),
-                plgpu.SMEM((stages, BLOCK_K, d), x.dtype, transforms=tiles),
-                plgpu.SMEM((stages, BLOCK_K), jnp.float32),
+                plgpu.SMEM((4, WG_ROWS, d), x.dtype, transforms=tiles),  # [item parity · 2 + warpgroup]
+                plgpu.SMEM((stages, block_k, d), x.dtype, transforms=tiles),
+                plgpu.SMEM((stages, block_k), jnp.float32),
                 plgpu.SMEM((2, WG_ROWS), jnp.int32),
                 plgpu.SMEM((2, WG_ROWS), jnp.float32),
-            ),
+            ),  # labels and distances per warpgroup
             (
                 plgpu.Barrier(num_barriers=stages),
                 plgpu.Barrier(num_barriers=stages),
-                plgpu.Barrier(num_barriers=2),
+                plgpu.Barrier(num_barriers=4),
             ),
             plgpu.Barrier(num_arrivals=2, num_barriers=stages),
             collective_axes="wg",
         )
 
+    out = (jax.ShapeDtypeStruct((g, width), jnp.int32), jax.ShapeDtypeStruct((g, width), jnp.float32))
     labels, dist = plgpu.kernel(
-        entry,
-        out_type=(jax.ShapeDtypeStruct((g, nq), jnp.int32), jax.ShapeDtypeStruct((g, nq), jnp.float32)),
-        grid=(g, nq // CTA_ROWS),
-        grid_names=("groups", "rows"),
+        kmeans_assign_wgmma,
+        out_type=out,
+        grid=(programs,),
+        grid_names=("sm",),
         num_threads=3,
         thread_name="wg",
         compiler_params=plgpu.CompilerParams(approx_math=False),
-    )(xp, c, cc, xx)
+    )(xp, c, cc)
     return labels[:, :n], dist[:, :n]

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from svg_jax.kmeans import KMeansResult, kmeans, update_centroids
 from svg_jax.pallas_kernels import KMeansAssignConfig, kmeans_assign, kmeans_assign_reference
-from svg_jax.pallas_kernels.kmeans_reference import squared_distances
+from svg_jax.pallas_kernels.kmeans_reference import rounded_centroids, squared_distances
 
 ON_GPU = jax.default_backend() == "gpu"
 
@@ -151,6 +151,38 @@ def test_assign_token_major_reads_groups_in_place(b, h, n, k, d, dtype):
         np.testing.assert_array_equal(np.asarray(g_).reshape(b * h, n), w)
     ref = kmeans_assign(xt, ct, implementation="xla")
     np.testing.assert_array_equal(np.asarray(ref[0]).reshape(b * h, n), kmeans_assign_reference(x, c)[0])
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16, jnp.float32])
+def test_rounded_centroids_match_a_cast(dtype):
+    """The centroids' rounding (a reduce_precision XLA cannot elide) equals a cast, and ‖c‖² is computed
+    from exactly the rounded values."""
+    c = 3 * jax.random.normal(jax.random.key(4), (2, 33, 16), jnp.float32)
+    got, cc = jax.jit(rounded_centroids, static_argnums=1)(c, dtype)
+    want = c.astype(dtype)
+    assert got.dtype == want.dtype
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    wf = want.astype(jnp.float32)
+    np.testing.assert_allclose(np.asarray(cc), np.asarray(jnp.sum(wf * wf, -1)), rtol=1e-6)  # sum order
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not ON_GPU, reason="needs a CUDA GPU")
+@pytest.mark.parametrize("implementation", ["pallas_triton", "pallas_mosaic", "xla"])
+def test_assign_float32_centroids_round_consistently_gpu(implementation):
+    """Compiled on the GPU, float32 centroids give the labels of the same centroids pre-rounded to bf16,
+    grouped and token-major alike (XLA once computed ‖c‖² from the unrounded values in one layout)."""
+    from svg_jax.pallas_kernels.common import is_hopper
+
+    if implementation == "pallas_mosaic" and not is_hopper():
+        pytest.skip("the Mosaic kernel needs an sm90 GPU")
+    x, c = _data(9, 40, 1024, 300, 128, jnp.bfloat16)
+    fn = jax.jit(lambda a, b: kmeans_assign(a, b, implementation=implementation))
+    want = fn(x, c.astype(jnp.bfloat16).astype(jnp.float32))
+    for xin, cin in ((x, c), (_token_major(x, 1), c.reshape(1, 40, 300, 128))):
+        labels, dist = fn(xin, cin)
+        np.testing.assert_array_equal(np.asarray(labels).reshape(40, 1024), np.asarray(want[0]))
+        np.testing.assert_array_equal(np.asarray(dist).reshape(40, 1024), np.asarray(want[1]))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -333,18 +365,60 @@ def test_kmeans_compiled_gpu_matches_xla():
 @pytest.mark.gpu
 @pytest.mark.skipif(not ON_GPU, reason="needs a CUDA GPU")
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
-@pytest.mark.parametrize("shape", [(4, 4097, 300, 128), (2, 1000, 1000, 64), (3, 77, 5, 128)])
-def test_assign_mosaic_kernel_compiled_gpu(shape, dtype):
+@pytest.mark.parametrize(
+    "shape, block_k, stages",
+    [
+        ((4, 4097, 300, 128), 128, 4),  # N % 8 != 0 (padded), a partial last tile
+        ((4, 4097, 300, 128), 64, 2),
+        ((2, 1000, 1000, 64), 128, 3),
+        ((3, 77, 5, 128), 64, 4),  # N < 128 (padded), K < block_k
+        ((2, 130, 129, 256), None, 4),  # D = 256: 64-centroid tiles, a capped ring; N % 8 != 0
+    ],
+)
+@pytest.mark.parametrize("token_major", [False, True])
+def test_assign_mosaic_kernel_compiled_gpu(shape, block_k, stages, token_major, dtype):
     from svg_jax.pallas_kernels.common import is_hopper
+    from svg_jax.pallas_kernels.kmeans_mosaic import kmeans_assign_mosaic
 
     if not is_hopper():
         pytest.skip("the Mosaic kernel needs an sm90 GPU")
     x, c = _data(2, *shape, dtype)
-    labels, dist = jax.jit(lambda a, b: kmeans_assign(a, b, implementation="pallas_mosaic"))(x, c)
+    xin = _token_major(x, 1) if token_major else x
+    fn = jax.jit(lambda a, b: kmeans_assign_mosaic(a, b, block_k=block_k, num_stages=stages))
+    labels, dist = fn(xin, c)
     _check_assignment(x, c, labels, dist, dtype)
+    # Few persistent CTAs: each walks many items, so the rings and row buffers wrap many times.
+    labels2, dist2 = jax.jit(lambda a, b: kmeans_assign_mosaic(a, b, block_k=block_k, num_programs=3))(xin, c)
+    np.testing.assert_array_equal(np.asarray(labels2), np.asarray(labels))
+    np.testing.assert_array_equal(np.asarray(dist2), np.asarray(dist))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not ON_GPU, reason="needs a CUDA GPU")
+def test_assign_mosaic_ties_go_to_lowest_index():
+    """Duplicated centroids (inside one tile and across tiles) never win over their first copy."""
+    from svg_jax.pallas_kernels.common import is_hopper
+    from svg_jax.pallas_kernels.kmeans_mosaic import kmeans_assign_mosaic
+
+    if not is_hopper():
+        pytest.skip("the Mosaic kernel needs an sm90 GPU")
+    x, c = _data(7, 2, 3000, 300, 128, jnp.bfloat16)
+    c = c.at[:, 7].set(c[:, 3]).at[:, 200].set(c[:, 3]).at[:, 299].set(c[:, 150])
+    labels, dist = jax.jit(kmeans_assign_mosaic)(x, c)
+    _check_assignment(x, c, labels, dist, jnp.bfloat16)
+    labels = np.asarray(labels)
+    assert not np.isin(labels, [7, 200, 299]).any()
+    assert (labels == 3).any() and (labels == 150).any()
 
 
 def test_assign_mosaic_refuses_unsupported_inputs():
+    from svg_jax.pallas_kernels.kmeans_mosaic import kmeans_assign_mosaic
+
     x, c = _data(3, 1, 64, 4, 96, jnp.bfloat16)
     with pytest.raises(ValueError, match="multiple of 64"):
         kmeans_assign(x, c, implementation="pallas_mosaic")
+    x, c = _data(3, 1, 64, 4, 256, jnp.bfloat16)
+    with pytest.raises(ValueError, match="block_k=64"):
+        kmeans_assign_mosaic(x, c, block_k=128)
+    with pytest.raises(ValueError, match="block_k must be 64 or 128"):
+        kmeans_assign_mosaic(x, c, block_k=32)
