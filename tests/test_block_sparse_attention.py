@@ -8,14 +8,13 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from kernel_utils import REL_TOL, assert_close, random_qkv, rel_error
+from kernel_utils import REL_TOL, assert_close, random_qkv, rel_error, require_hopper
 
 from svg_jax.pallas_kernels import (
     block_mask_to_indices,
     block_sparse_attention,
     block_sparse_attention_reference,
 )
-from svg_jax.pallas_kernels.common import is_hopper
 
 
 def random_lists(seed: int, b: int, h: int, nqb: int, nkb: int, density: float):
@@ -143,8 +142,7 @@ def test_head_dim_beyond_triton_limit_raises_not_falls_back():
     ],
 )
 def test_gpu_mosaic_matches_reference(dtype, b, h, n, m, d, block_k, density):
-    if not is_hopper():
-        pytest.skip("the Mosaic kernel needs an sm90 GPU")
+    require_hopper()
     q, k, v = random_qkv(11, b, n, m, h, d, dtype)
     idx, cnt = random_lists(12, b, h, -(-n // 128), -(-m // block_k), density)
     cnt = cnt.at[:, :, 0].set(0)  # a query block with an empty list gives zeros
@@ -167,8 +165,7 @@ def test_gpu_mosaic_matches_reference(dtype, b, h, n, m, d, block_k, density):
 def test_gpu_mosaic_persistent_ring_across_items(order, programs, block_k, stages):
     """Few persistent CTAs, each dealt many items of uneven (and zero) length: the K/V ring, the barrier
     phases and the Q/O buffer carry across items, in every work order."""
-    if not is_hopper():
-        pytest.skip("the Mosaic kernel needs an sm90 GPU")
+    require_hopper()
     from svg_jax.pallas_kernels.block_sparse_attn_mosaic import block_sparse_attention_mosaic
 
     b, h, n, m, d = 2, 3, 900, 1100, 128

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from kernel_utils import assert_close, random_problem, random_qkv, tile_plan
+from kernel_utils import assert_close, random_problem, random_qkv, require_hopper, tile_plan
 
 from svg_jax.pallas_kernels import (
     cluster_sparse_attention_from_plan,
@@ -15,7 +15,6 @@ from svg_jax.pallas_kernels import (
     cluster_tile_plan,
 )
 from svg_jax.pallas_kernels.cluster_plan import default_width
-from svg_jax.pallas_kernels.common import is_hopper
 
 TABLES = ("chunk_starts", "chunk_codes", "chunk_kfirst")
 
@@ -77,8 +76,7 @@ def test_bad_width():
 @pytest.mark.gpu
 @pytest.mark.parametrize("fits", [True, False])
 def test_gpu_mosaic_kernel_runs_a_narrow_plan_complete(fits):
-    if not is_hopper():
-        pytest.skip("the Mosaic kernel needs an sm90 GPU")
+    require_hopper()
     b, n, m, h, d = 1, 3000, 2900, 2, 128
     q, k, v = random_qkv(7, b, n, m, h, d, jnp.bfloat16)
     qs, ks, cmap = random_problem(8, b, n, m, h, 20, 60, 0.3)

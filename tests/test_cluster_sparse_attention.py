@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from kernel_utils import REL_TOL, assert_close, random_problem, random_qkv, rel_error, tile_plan
+from kernel_utils import (
+    REL_TOL,
+    assert_close,
+    random_problem,
+    random_qkv,
+    rel_error,
+    require_hopper,
+    tile_plan,
+)
 
 from svg_jax.pallas_kernels import (
     cluster_map_to_mask,
@@ -20,7 +28,6 @@ from svg_jax.pallas_kernels import (
     padded_rows,
 )
 from svg_jax.pallas_kernels.cluster_plan import MAX_SPAN, decode_chunk, decode_span
-from svg_jax.pallas_kernels.common import is_hopper
 
 
 def run_both(q, k, v, qs, ks, cmap, *, interpret, block_q=64, block_k=32):
@@ -241,8 +248,7 @@ def test_padded_operands_are_read_in_place(implementation):
     ],
 )
 def test_gpu_mosaic_matches_reference(dtype, b, h, n, m, d, cq, ck, block_k, density):
-    if not is_hopper():
-        pytest.skip("the Mosaic kernel needs an sm90 GPU")
+    require_hopper()
     q, k, v = random_qkv(21, b, n, m, h, d, dtype)
     qs, ks, cmap = random_problem(22, b, n, m, h, cq, ck, density)
     cmap = cmap.at[:, :, 0].set(False)  # query cluster 0 selects nothing: its rows are zeros
@@ -262,8 +268,7 @@ def test_gpu_mosaic_matches_reference(dtype, b, h, n, m, d, cq, ck, block_k, den
 @pytest.mark.parametrize("programs, block_k", [(3, 64), (4, 128)])
 def test_gpu_mosaic_persistent_ring_across_items(order, programs, block_k):
     """Few persistent CTAs dealt many items each (some with no chunks): same result as the oracle."""
-    if not is_hopper():
-        pytest.skip("the Mosaic kernel needs an sm90 GPU")
+    require_hopper()
     from svg_jax.pallas_kernels.cluster_sparse_attn_mosaic import cluster_sparse_attention_mosaic
 
     b, h, n, m, d, cq, ck = 2, 2, 1500, 1300, 128, 14, 40

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from kernel_utils import require_hopper
 
 from svg_jax.kmeans import KMeansResult, kmeans, update_centroids
 from svg_jax.pallas_kernels import KMeansAssignConfig, kmeans_assign, kmeans_assign_reference
@@ -172,10 +173,8 @@ def test_rounded_centroids_match_a_cast(dtype):
 def test_assign_float32_centroids_round_consistently_gpu(implementation):
     """Compiled on the GPU, float32 centroids give the labels of the same centroids pre-rounded to bf16,
     grouped and token-major alike (XLA once computed ‖c‖² from the unrounded values in one layout)."""
-    from svg_jax.pallas_kernels.common import is_hopper
-
-    if implementation == "pallas_mosaic" and not is_hopper():
-        pytest.skip("the Mosaic kernel needs an sm90 GPU")
+    if implementation == "pallas_mosaic":
+        require_hopper()
     x, c = _data(9, 40, 1024, 300, 128, jnp.bfloat16)
     fn = jax.jit(lambda a, b: kmeans_assign(a, b, implementation=implementation))
     want = fn(x, c.astype(jnp.bfloat16).astype(jnp.float32))
@@ -377,11 +376,9 @@ def test_kmeans_compiled_gpu_matches_xla():
 )
 @pytest.mark.parametrize("token_major", [False, True])
 def test_assign_mosaic_kernel_compiled_gpu(shape, block_k, stages, token_major, dtype):
-    from svg_jax.pallas_kernels.common import is_hopper
     from svg_jax.pallas_kernels.kmeans_mosaic import kmeans_assign_mosaic
 
-    if not is_hopper():
-        pytest.skip("the Mosaic kernel needs an sm90 GPU")
+    require_hopper()
     x, c = _data(2, *shape, dtype)
     xin = _token_major(x, 1) if token_major else x
     fn = jax.jit(lambda a, b: kmeans_assign_mosaic(a, b, block_k=block_k, num_stages=stages))
@@ -397,11 +394,9 @@ def test_assign_mosaic_kernel_compiled_gpu(shape, block_k, stages, token_major, 
 @pytest.mark.skipif(not ON_GPU, reason="needs a CUDA GPU")
 def test_assign_mosaic_ties_go_to_lowest_index():
     """Duplicated centroids (inside one tile and across tiles) never win over their first copy."""
-    from svg_jax.pallas_kernels.common import is_hopper
     from svg_jax.pallas_kernels.kmeans_mosaic import kmeans_assign_mosaic
 
-    if not is_hopper():
-        pytest.skip("the Mosaic kernel needs an sm90 GPU")
+    require_hopper()
     x, c = _data(7, 2, 3000, 300, 128, jnp.bfloat16)
     c = c.at[:, 7].set(c[:, 3]).at[:, 200].set(c[:, 3]).at[:, 299].set(c[:, 150])
     labels, dist = jax.jit(kmeans_assign_mosaic)(x, c)

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from kernel_utils import random_qkv
+from kernel_utils import random_qkv, require_hopper
 
 from svg_jax.layout import TextTokens, VideoLayout
 from svg_jax.placement import place_heads, placement_sources
@@ -247,10 +247,7 @@ def test_bf16_runs_and_stays_close():
 @pytest.mark.parametrize("first_frame_sink", [False, True])
 def test_gpu_svg1_on_hopper_runs_mosaic_128_tiles_exactly(first_frame_sink):
     """'auto' on an H100 runs the Mosaic kernel on whole 128×128 mask tiles: same result as the oracle."""
-    from svg_jax.pallas_kernels.common import is_hopper
-
-    if not is_hopper():
-        pytest.skip("the Mosaic kernel needs an sm90 GPU")
+    require_hopper()
     layout = VideoLayout(num_frames=6, tokens_per_frame=300)  # N = 1800, not a tile multiple
     cfg = SVG1Config(density=0.3, first_frame_sink=first_frame_sink, band_rounding="ceil")
     q, k, v = random_qkv(21, 1, layout.seq_len, layout.seq_len, 4, 128, jnp.bfloat16)
