@@ -26,6 +26,7 @@ import functools
 import statistics
 import sys
 import time
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -82,11 +83,10 @@ def _draw(key, shape, dtype):
     return (0.02 * jax.random.normal(key, shape, jnp.float32)).astype(dtype)  # compiled once per shape
 
 
-def random_model(config: WanConfig, seed: int = 0) -> WanTransformer3DModel:
-    """bf16 model with N(0, 0.02²) weights and unit norm scales, each leaf drawn on the device."""
-    abstract = nnx.eval_shape(
-        lambda: WanTransformer3DModel(config, rngs=nnx.Rngs(0), dtype=jnp.bfloat16, param_dtype=jnp.bfloat16)
-    )
+def random_model(build: Callable[[], nnx.Module], seed: int = 0) -> nnx.Module:
+    """The model ``build()`` makes (bf16), with N(0, 0.02²) weights and unit norm scales, each leaf drawn
+    on the device (the module is only traced abstractly, never built on the host)."""
+    abstract = nnx.eval_shape(build)
     arrays = {}
     for i, (path, spec) in enumerate(sorted(param_shapes(abstract).items())):
         if path.endswith(".scale"):
@@ -94,6 +94,14 @@ def random_model(config: WanConfig, seed: int = 0) -> WanTransformer3DModel:
             continue
         arrays[path] = _draw(jax.random.key(seed * 100_003 + i), spec.shape, spec.dtype)
     return with_params(abstract, arrays)
+
+
+def random_wan(config: WanConfig, seed: int = 0) -> WanTransformer3DModel:
+    """A bf16 Wan transformer with random weights (:func:`random_model`)."""
+    bf16 = jnp.bfloat16
+    return random_model(
+        lambda: WanTransformer3DModel(config, rngs=nnx.Rngs(0), dtype=bf16, param_dtype=bf16), seed
+    )
 
 
 def settings(preset: presets.GenerationPreset) -> dict[str, AttentionConfig]:
@@ -148,21 +156,20 @@ def time_steps(model, inputs, attention: AttentionConfig, steps: int, shift: flo
     }
 
 
-def attention_share(model, inputs) -> dict:
-    x = inputs["latents"].astype(jnp.bfloat16)
-    t = jnp.full((x.shape[0],), 500.0)
-    ctx = inputs["prompt_embeds"]
+def attention_share(model, forward: Callable[..., jax.Array], reps: int = 3) -> dict:
+    """Share of a dense forward spent in self-attention: ``forward(model)`` against
+    ``forward(model, attn_fn=no-op)`` (median of ``reps`` timed calls each, after a compiling call)."""
 
     def no_attention(q, k, v, *, layer, state):
         return v, state, jnp.zeros(())
 
-    dense = jax.jit(lambda m: m(x, t, ctx))
-    skip = jax.jit(lambda m: m(x, t, ctx, attn_fn=no_attention))
+    dense = jax.jit(lambda m: forward(m))
+    skip = jax.jit(lambda m: forward(m, attn_fn=no_attention))
     times = {}
     for name, fn in (("forward_dense_ms", dense), ("forward_no_attention_ms", skip)):
         jax.block_until_ready(fn(model))
         runs = []
-        for _ in range(3):
+        for _ in range(reps):
             t0 = time.perf_counter()
             jax.block_until_ready(fn(model))
             runs.append((time.perf_counter() - t0) * 1e3)
@@ -198,7 +205,7 @@ def main(argv=None) -> int:
     results = []
     for name in names:
         config, preset = model_and_preset(name)
-        model = random_model(config)
+        model = random_wan(config)
         t_lat = (preset.frames - 1) // 4 + 1
         key = jax.random.key(1)
         inputs = dict(
@@ -211,7 +218,10 @@ def main(argv=None) -> int:
             * jax.random.normal(jax.random.key(3), (1, TEXT_TOKENS, config.text_dim), jnp.bfloat16),
         )
         tokens = t_lat * (preset.height // 16) * (preset.width // 16)
-        share = {} if args.no_share else attention_share(model, inputs)
+        x, ctx = inputs["latents"].astype(jnp.bfloat16), inputs["prompt_embeds"]
+        t = jnp.full((x.shape[0],), 500.0)
+        forward = functools.partial(lambda m, x, t, ctx, **kw: m(x, t, ctx, **kw), x=x, t=t, ctx=ctx)
+        share = {} if args.no_share else attention_share(model, forward)
         print(f"{name}: {tokens} tokens; {share}")
         dense_ms = args.dense_step_ms
         chosen = settings(preset)

@@ -27,6 +27,7 @@ from .reference import (
     cluster_sparse_attention_reference,
     masked_attention_reference,
 )
+from .top_p import TopPConfig, top_p_mask, top_p_mask_reference
 
 __all__ = [
     "ClusterSumsConfig",
@@ -34,6 +35,7 @@ __all__ = [
     "KMeansAssignConfig",
     "PermuteConfig",
     "QKNormRopeConfig",
+    "TopPConfig",
     "TritonConfig",
     "block_indices_to_mask",
     "block_mask_to_indices",
@@ -56,4 +58,6 @@ __all__ = [
     "permute_tokens_reference",
     "qk_norm_rope",
     "qk_norm_rope_reference",
+    "top_p_mask",
+    "top_p_mask_reference",
 ]

@@ -20,9 +20,10 @@ are masked like the rows past its end. A chunk's code packs ``uniform + 2·valid
 SPAN_UNIT·span``: columns ``lead <= c < valid`` belong to the run, and its rows ``0..valid-1`` lie in key
 clusters ``chunk_kfirst .. chunk_kfirst + span`` (``span`` saturates at ``MAX_SPAN``).
 
-Each run is described at its first key cluster (its *head*): a reverse running minimum finds where it ends,
-and chunk slot ``c`` of a tile belongs to the last head whose first chunk is at or before ``c``, so no list
-of runs is ever compacted. The chunk lists have a static width. Their bound (:func:`max_chunks`) allows
+Each run is described at its first key cluster (its *head*): a reverse running minimum finds where it ends
+(its end row, and whether it is uniform, are gathers there and prefix sums), and chunk slot ``c`` of a
+tile belongs to the last head whose first chunk is at or before ``c``, so no list of runs is ever
+compacted. The chunk lists have a static width. Their bound (:func:`max_chunks`) allows
 one run for every other key cluster, so the lists are far wider than a sparse layout needs, and building
 them costs time in proportion to the width. So a plan may be built narrower (``width``). It then runs only
 when every tile fits, and is otherwise rebuilt at full width (:func:`with_complete_plan`).
@@ -212,11 +213,13 @@ def _plan(
     k_end = jnp.cumsum(k_sizes, axis=-1, dtype=jnp.int32)[:, None, :]  # [G, 1, Ck]
     k_start = k_end - k_sizes[:, None, :]
     idx = jnp.arange(ck, dtype=jnp.int32)
-    # The nearest run end at or after a head is its own run's end (runs do not interleave).
-    next_at = lambda flags, value, none: jax.lax.cummin(jnp.where(flags, value, none), axis=2, reverse=True)
-    run_end_row = next_at(ends, k_end, jnp.iinfo(jnp.int32).max)  # [G, nqt, Ck] valid at heads
-    run_last = next_at(ends, idx, ck)
-    uniform = next_at(mixed, idx, ck) > run_last  # no mixed cluster inside the run
+    # The nearest run end at or after a head is its own run's end (runs do not interleave). One reverse
+    # running minimum finds it; the rest are gathers at it (a running min costs XLA several passes).
+    run_last = jax.lax.cummin(jnp.where(ends, idx, ck), axis=2, reverse=True)  # [G, nqt, Ck]
+    at_last = jnp.minimum(run_last, ck - 1)  # valid at heads
+    run_end_row = jnp.take_along_axis(jnp.broadcast_to(k_end, union.shape), at_last, axis=2)
+    mixed_before = _prefix(mixed, axis=2)  # [G, nqt, Ck+1]
+    uniform = jnp.take_along_axis(mixed_before, at_last + 1, axis=2) == mixed_before[..., :ck]  # none mixed
     row_lead = k_start % row_align  # the first chunk starts `lead` rows before the run
     row_start = k_start - row_lead
     n_chunks = jnp.where(heads, -(-(run_end_row - row_start) // block_k), 0)  # [G, nqt, Ck]

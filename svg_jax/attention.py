@@ -152,17 +152,34 @@ class AttnFn(Protocol):
 
 
 def dense_attention(
-    q: Float[Array, "B N H D"], k: Float[Array, "B M H D"], v: Float[Array, "B M H D"]
+    q: Float[Array, "B N H D"],
+    k: Float[Array, "B M H D"],
+    v: Float[Array, "B M H D"],
+    text: TextTokens | None = None,
 ) -> Float[Array, "B N H D"]:
     """Softmax attention, scale ``1/sqrt(D)``: cuDNN on a GPU when it supports the inputs, XLA otherwise.
 
     The same computation as the models' dense path (``models/attention.sdpa``), which this layer may not
-    import; jax's default implementation is XLA everywhere, so the choice is explicit.
+    import; jax's default implementation is XLA everywhere, so the choice is explicit. With ``text``
+    carrying ``valid_len``, padded text *keys* are masked for every query (diffusers' HunyuanVideo mask;
+    queries are not masked): with the text last the valid keys are a prefix, which cuDNN takes as
+    ``key_value_seq_lengths``; with the text first an explicit key mask runs through XLA.
     """
     d = q.shape[-1]
     on_gpu = jax.default_backend() in ("gpu", "cuda")
     cudnn = on_gpu and q.dtype in _CUDNN_DTYPES and d % 8 == 0 and d <= _CUDNN_MAX_HEAD_DIM
-    return jax.nn.dot_product_attention(q, k, v, implementation="cudnn" if cudnn else "xla")
+    impl = "cudnn" if cudnn else "xla"
+    if text is None or text.valid_len is None:
+        return jax.nn.dot_product_attention(q, k, v, implementation=impl)
+    b, m = k.shape[0], k.shape[1]
+    valid = jnp.clip(jnp.broadcast_to(jnp.asarray(text.valid_len, jnp.int32), (b,)), 0, text.num_tokens)
+    if text.placement == "last":
+        kv_len = m - text.num_tokens + valid  # [B] video keys, then the real prompt keys
+        return jax.nn.dot_product_attention(q, k, v, key_value_seq_lengths=kv_len, implementation=impl)
+    key_ok = jnp.concatenate(
+        [text.valid_mask(b), jnp.ones((b, m - text.num_tokens), jnp.bool_)], axis=1
+    )  # [B, M]: prompt, padding, then video
+    return jax.nn.dot_product_attention(q, k, v, mask=key_ok[:, None, None, :], implementation="xla")
 
 
 def init_attention_state(
@@ -288,7 +305,7 @@ def make_attn_fn(
     def dense(q, k, v, layer, state):
         del layer
         b, _, h, _ = q.shape
-        return dense_attention(q, k, v).astype(q.dtype), state, _dense_stats(config, b, h)
+        return dense_attention(q, k, v, text).astype(q.dtype), state, _dense_stats(config, b, h)
 
     def attn_fn(q, k, v, *, layer, state):
         _check_state(config, state)

@@ -285,7 +285,13 @@ def svg2_plan(
         kv, cache.k_centroids, cache.warm, key_k, num_clusters=config.num_k_clusters, **opts
     )
     probs = cluster_probabilities(q_cen, k_cen, k_sizes, sm_scale=sm_scale)  # [B, H, Cq, Ck]
-    cmap = top_p_cluster_map(probs, top_p=config.top_p, min_clusters=config.min_k_clusters)
+    cmap = top_p_cluster_map(
+        probs,
+        top_p=config.top_p,
+        min_clusters=config.min_k_clusters,
+        implementation=implementation,
+        interpret=interpret,
+    )
     recall = jnp.sum(q_sizes * selected_mass(probs, cmap), axis=-1) / nv  # [B, H]
     # Lay the clusters out so that selected pairs are contiguous (fewer kernel chunks, same attention).
     q_order, k_order = seriate(cmap, config.layout_sweeps)

@@ -7,6 +7,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
+from svg_jax.pallas_kernels import top_p_mask
+
 
 def cluster_probabilities(
     q_centroids: Float[Array, "*G Cq D"],
@@ -34,7 +36,12 @@ def cluster_probabilities(
 
 
 def top_p_cluster_map(
-    probs: Float[Array, "*G Cq Ck"], *, top_p: float, min_clusters: int = 0
+    probs: Float[Array, "*G Cq Ck"],
+    *,
+    top_p: float,
+    min_clusters: int = 0,
+    implementation: str = "auto",
+    interpret: bool | None = None,
 ) -> Bool[Array, "*G Cq Ck"]:
     """Per query cluster, the most probable key clusters until their mass first exceeds ``top_p``.
 
@@ -42,17 +49,14 @@ def top_p_cluster_map(
     *preceding* cumulative mass is ``<= top_p``, so the cluster that crosses ``top_p`` is included and the
     most probable one is always kept. The ``min_clusters`` most probable clusters are kept regardless
     (the ``min_k_cluster_ratio`` floor). ``top_p >= 1`` keeps everything. Ties sort by lower index.
+    On a GPU this runs :func:`~svg_jax.pallas_kernels.top_p_mask`'s threshold search instead of a sort
+    (``implementation``/``interpret`` pick the path; see there for float32 rounding at the boundary).
     """
-    ck = probs.shape[-1]
-    if top_p >= 1.0:
+    if top_p >= 1.0:  # dense, even where rounding puts a row's mass a hair above 1
         return jnp.ones(probs.shape, jnp.bool_)
-    order = jnp.argsort(-probs, axis=-1, stable=True)  # [*G, Cq, Ck] descending
-    sorted_p = jnp.take_along_axis(probs, order, axis=-1)
-    csum = jnp.cumsum(sorted_p, axis=-1)
-    before = jnp.concatenate([jnp.zeros_like(csum[..., :1]), csum[..., :-1]], axis=-1)  # exclusive cumsum
-    rank = jnp.arange(ck)
-    keep_sorted = (before <= top_p) | (rank < min_clusters)
-    return jnp.put_along_axis(jnp.zeros(probs.shape, jnp.bool_), order, keep_sorted, axis=-1, inplace=False)
+    return top_p_mask(
+        probs, top_p=top_p, min_clusters=min_clusters, implementation=implementation, interpret=interpret
+    )
 
 
 def selected_mass(

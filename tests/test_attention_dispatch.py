@@ -151,6 +151,29 @@ def test_full_density_with_text_tokens_is_dense(method, placement, ctx):
     assert _rel(out, ref) <= 1e-5, _rel(out, ref)
 
 
+@pytest.mark.parametrize("placement", ["first", "last"])
+def test_dense_masks_padded_text_keys(placement):
+    """Dense attention with HunyuanVideo-style padding: padded text keys are masked for every query."""
+    ctx, video = 6, 10
+    layout = VideoLayout(num_frames=2, tokens_per_frame=5, text_placement=placement, num_text_tokens=ctx)
+    q, k, v = (jax.random.normal(kk, (2, video + ctx, 2, 8)) for kk in jax.random.split(jax.random.key(4), 3))
+    valid_len = jnp.asarray([4, 6], jnp.int32)
+    text = layout.text_tokens(valid_len)
+    fn = make_attn_fn(AttentionConfig(method="dense"), layout=layout, step=0, text=text)
+    out, _, _ = fn(q, k, v, layer=jnp.int32(0), state=None)
+    start = 0 if placement == "first" else video
+    pos = jnp.arange(video + ctx)
+    pad = (pos[None] >= start + valid_len[:, None]) & (pos[None] < start + ctx)  # [B, M] padded keys
+    s = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(8.0)
+    p = jax.nn.softmax(jnp.where(pad[:, None, None, :], -jnp.inf, s), axis=-1)
+    ref = jnp.einsum("bhqk,bkhd->bqhd", p, v)
+    assert _rel(out, ref) <= 1e-5, _rel(out, ref)
+    full = make_attn_fn(AttentionConfig(method="dense"), layout=layout, step=0)(
+        q, k, v, layer=jnp.int32(0), state=None
+    )[0]
+    assert _rel(full, ref) > 1e-3  # without valid_len nothing is masked
+
+
 def test_svg1_real_settings_end_to_end(model):
     config = AttentionConfig(method="svg1", svg1=SVG1_REAL)
     x, t, ctx = _inputs()
