@@ -16,6 +16,7 @@ from .errors import ConversionError
 from .params import is_stacked
 from .rules import (
     ORIGINAL_RULES,
+    Mapped,
     Transform,
     expected_diffusers_key,
     is_ignored,
@@ -62,6 +63,24 @@ def detect_format(keys: list[str]) -> Format:
     )
 
 
+def shape_problem(
+    label: str, source_shape: tuple[int, ...], mapped: Mapped, target_shape: tuple[int, ...]
+) -> str | None:
+    """Why the tensor ``label`` cannot fill ``mapped.target`` of ``target_shape`` (one layer of it when
+    ``mapped.layer`` is set) after its transform, or None when it fits."""
+    expected = tuple(target_shape[1:] if mapped.layer is not None else target_shape)
+    try:
+        got = mapped.transform.shape(source_shape)
+    except ValueError as e:
+        return f"shape mismatch: {label}: {e}"
+    if got != expected:
+        return (
+            f"shape mismatch: {label} has shape {source_shape} → {got} after {mapped.transform.name}; "
+            f"{mapped.target} expects {expected}"
+        )
+    return None
+
+
 def plan_conversion(
     shapes: Mapping[str, tuple[int, ...]],
     targets: Mapping[str, tuple[tuple[int, ...], np.dtype]],
@@ -105,18 +124,9 @@ def plan_conversion(
             )
             continue
         slots[slot] = key
-        shape, _ = targets[mapped.target]
-        expected = shape[1:] if mapped.layer is not None else shape
-        try:
-            got = mapped.transform.shape(tuple(shapes[key]))
-        except ValueError as e:
-            problems.append(f"shape mismatch: {label}: {e}")
-            continue
-        if got != tuple(expected):
-            problems.append(
-                f"shape mismatch: {label} has shape {tuple(shapes[key])} → {got} after "
-                f"{mapped.transform.name}; {mapped.target} expects {tuple(expected)}"
-            )
+        problem = shape_problem(label, tuple(shapes[key]), mapped, targets[mapped.target][0])
+        if problem is not None:
+            problems.append(problem)
             continue
         sources[mapped.target].append(Source(key, mapped.layer, mapped.transform))
 

@@ -62,11 +62,19 @@ def sdpa(
     q: Float[Array, "B N H D"],
     k: Float[Array, "B M H D"],
     v: Float[Array, "B M H D"],
+    *,
+    kv_lengths: Int[Array, " B"] | None = None,
 ) -> Float[Array, "B N H D"]:
-    """Unmasked softmax attention with scale ``1/sqrt(D)`` (torch SDPA's default)."""
+    """Softmax attention with scale ``1/sqrt(D)`` (torch SDPA's default).
+
+    With ``kv_lengths``, sample ``b`` attends only to keys ``[0, kv_lengths[b])`` (a right-padded key
+    mask; every query row keeps at least one key when ``kv_lengths >= 1``). ``None`` is unmasked.
+    """
     if q.shape[-1] != k.shape[-1] or k.shape != v.shape:
         raise ValueError(f"attention shapes disagree: {q.shape=}, {k.shape=}, {v.shape=}")
-    return jax.nn.dot_product_attention(q, k, v, implementation=choose_implementation(q))
+    return jax.nn.dot_product_attention(
+        q, k, v, key_value_seq_lengths=kv_lengths, implementation=choose_implementation(q)
+    )
 
 
 def dense_attention(
@@ -80,3 +88,24 @@ def dense_attention(
     """Default :class:`AttnFn`: dense attention that passes ``state`` through and reports no stats."""
     del layer  # dense attention is the same in every layer
     return sdpa(q, k, v), state, {}
+
+
+def masked_dense_attention(kv_lengths: Int[Array, " B"]) -> AttnFn:
+    """A dense :class:`AttnFn` whose keys at positions ``>= kv_lengths[b]`` are masked out.
+
+    HunyuanVideo's default: the joint sequence is ``[video, text]`` with the text right-padded, so
+    ``kv_lengths = N_video + valid_text_tokens`` (queries are not masked, as in diffusers).
+    """
+
+    def attn_fn(
+        q: Float[Array, "B N H D"],
+        k: Float[Array, "B M H D"],
+        v: Float[Array, "B M H D"],
+        *,
+        layer: Int[Array, ""],
+        state: PyTree[Any] | None,
+    ) -> tuple[Float[Array, "B N H D"], PyTree[Any] | None, dict]:
+        del layer  # the same mask in every layer
+        return sdpa(q, k, v, kv_lengths=kv_lengths), state, {}
+
+    return attn_fn

@@ -23,6 +23,7 @@ from jaxtyping import Array, Float, Int, PyTree, Real
 from .attention import AttnFn, dense_attention, sdpa
 from .layers import FeedForward, LayerNorm, PatchEmbed3D, RMSNorm
 from .rope import apply_rope, wan_rope
+from .stack import block_view, check_layer_axis, stacked_blocks
 from .wan_config import WAN_TEXT_LEN, WanConfig
 from .wan_embeddings import WanConditionEmbedder
 
@@ -160,13 +161,11 @@ class WanTransformer3DModel(nnx.Module):
         kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
         self.patch_embedding = PatchEmbed3D(config.in_channels, dim, config.patch_size, **kw)
         self.condition_embedder = WanConditionEmbedder(config, **kw)
-
-        @nnx.split_rngs(splits=config.num_layers)
-        @nnx.vmap(in_axes=(0,), out_axes=0)
-        def make_blocks(block_rngs: nnx.Rngs) -> WanTransformerBlock:
-            return WanTransformerBlock(config, rngs=block_rngs, dtype=dtype, param_dtype=param_dtype)
-
-        self.blocks = make_blocks(rngs)  # every leaf: [num_layers, ...]
+        self.blocks = stacked_blocks(  # every leaf: [num_layers, ...]
+            lambda r: WanTransformerBlock(config, rngs=r, dtype=dtype, param_dtype=param_dtype),
+            config.num_layers,
+            rngs,
+        )
         self.norm_out = LayerNorm(dim, eps=config.eps, affine=False, rngs=rngs)
         self.proj_out = nnx.Linear(dim, config.out_channels * math.prod(config.patch_size), **kw)
         # fp32 island: output modulation table (shift, scale).
@@ -176,10 +175,7 @@ class WanTransformer3DModel(nnx.Module):
 
     def block(self, index: int) -> WanTransformerBlock:
         """Block ``index`` as a standalone module (a view of slice ``index`` of the stacked parameters)."""
-        if not 0 <= index < self.config.num_layers:
-            raise ValueError(f"block index must be in [0, {self.config.num_layers}); got {index}")
-        graphdef, state = nnx.split(self.blocks)
-        return nnx.merge(graphdef, jax.tree.map(lambda leaf: leaf[index], state))
+        return block_view(self.blocks, index, self.config.num_layers)
 
     def __call__(
         self,
@@ -228,12 +224,7 @@ class WanTransformer3DModel(nnx.Module):
 
     def _run_blocks(self, x, text, image, timestep_proj, rope, attn_fn, attn_state):
         num_layers = self.config.num_layers
-        for leaf in jax.tree.leaves(attn_state):
-            if jnp.ndim(leaf) < 1 or jnp.shape(leaf)[0] != num_layers:
-                raise ValueError(
-                    f"every attn_state leaf needs a leading num_layers={num_layers} axis; got shape "
-                    f"{jnp.shape(leaf)}"
-                )
+        check_layer_axis(attn_state, num_layers, "num_layers")
         graphdef, params = nnx.split(self.blocks)
 
         def body(carry, xs):

@@ -8,6 +8,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+from .diffusers_config import config_args, lookup_preset, to_config_dict
 from .rope import rope_axis_dims
 
 # The only qk-norm diffusers implements for Wan: RMSNorm over all heads (dim = heads·head_dim) before the
@@ -111,18 +112,7 @@ class WanConfig:
     @classmethod
     def from_diffusers_config(cls, config: Mapping[str, Any]) -> "WanConfig":
         """Build from diffusers' ``config.json`` dict; keys starting with ``_`` are metadata and ignored."""
-        fields = {f.name for f in dataclasses.fields(cls)}
-        args = {k: v for k, v in config.items() if not k.startswith("_")}
-        unknown = sorted(set(args) - fields)
-        if unknown:
-            raise ValueError(
-                f"config.json has keys WanConfig does not know: {unknown}; expected a subset of "
-                f"{sorted(fields)}"
-            )
-        if args.get("out_channels") is None and "in_channels" in args:
-            args["out_channels"] = args[
-                "in_channels"
-            ]  # diffusers: out_channels = out_channels or in_channels
+        args = config_args(cls, config)
         if args.get("qk_norm") is None:
             args.pop("qk_norm", None)  # diffusers builds the across-heads RMSNorm regardless
         if "eps" in args:
@@ -133,17 +123,12 @@ class WanConfig:
 
     def to_diffusers_config(self) -> dict[str, Any]:
         """The dict diffusers writes as ``config.json`` for this architecture."""
-        out: dict[str, Any] = {"_class_name": "WanTransformer3DModel"}
-        out.update(dataclasses.asdict(self))
-        out["patch_size"] = list(self.patch_size)
-        return out
+        return to_config_dict(self, "WanTransformer3DModel")
 
     @classmethod
     def preset(cls, name: str) -> "WanConfig":
         """Return a named preset (see ``WAN_PRESETS``)."""
-        if name not in WAN_PRESETS:
-            raise ValueError(f"unknown Wan preset {name!r}; expected one of {sorted(WAN_PRESETS)}")
-        return WAN_PRESETS[name]
+        return lookup_preset(WAN_PRESETS, name, "Wan")
 
 
 _T2V_14B = WanConfig(num_attention_heads=40, ffn_dim=13824, num_layers=40, in_channels=16)

@@ -160,7 +160,7 @@ def test_attn_fn_sees_q_k_after_qk_norm_and_rope(tiny):
 
 def test_attn_state_needs_leading_layer_axis(tiny):
     x, t, ctx, _ = inputs(TINY)
-    with pytest.raises(ValueError, match="leading num_layers=2 axis; got shape \\(3,\\)"):
+    with pytest.raises(ValueError, match="leading num_layers = 2 axis; got shape \\(3,\\)"):
         tiny(x, t, ctx, attn_state={"c": jnp.zeros((3,))})
 
 
