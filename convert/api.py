@@ -1,4 +1,4 @@
-"""`convert_checkpoint`: a diffusers- or original-format Wan 2.1 checkpoint → an svg-jax checkpoint."""
+"""`convert_checkpoint`: a Wan 2.1 (diffusers/original) or HunyuanVideo (diffusers) checkpoint → svg-jax."""
 
 import dataclasses
 import logging
@@ -8,14 +8,19 @@ from typing import Any, Literal
 
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 from tqdm import tqdm
-
-from svg_jax.models import WanConfig, WanTransformer3DModel
 
 from .checkpoint import FORMAT_VERSION, META_KEY, CheckpointWriter
 from .errors import ConversionError
-from .params import param_shapes, storage_path
+from .families import (
+    CLASS_NAMES,
+    FAMILIES,
+    PRESET_NAMES,
+    ModelConfig,
+    family_for_config,
+    family_for_preset,
+)
+from .params import Stack, param_shapes, storage_path
 from .plan import LeafPlan, detect_format, plan_conversion
 from .source import SourceCheckpoint, open_source, read_tensor
 
@@ -30,58 +35,83 @@ class ConversionResult:
     """What :func:`convert_checkpoint` wrote."""
 
     dst: pathlib.Path
-    config: WanConfig
+    config: ModelConfig
     source_format: str
     param_dtype: str
     num_params: int
     num_tensors: int
 
 
-def resolve_config(source: SourceCheckpoint, preset: str | None) -> WanConfig:
-    """Architecture from ``--model`` or SRC's diffusers ``config.json``; both must agree if both exist."""
-    from_file = None
-    if source.config is not None and source.config.get("_class_name") == "WanTransformer3DModel":
-        try:
-            from_file = WanConfig.from_diffusers_config(source.config)
-        except (ValueError, NotImplementedError) as e:
-            raise ConversionError([f"config.json: {e}"]) from e
+def _config_from_file(source: SourceCheckpoint) -> ModelConfig | None:
+    """The architecture in SRC's diffusers ``config.json``, or None without one of a known ``_class_name``."""
+    if source.config is None:
+        return None
+    family = next((f for f in FAMILIES if f.class_name == source.config.get("_class_name")), None)
+    if family is None:
+        return None
+    try:
+        return family.config_cls.from_diffusers_config(source.config)
+    except (ValueError, NotImplementedError) as e:
+        raise ConversionError([f"config.json: {e}"]) from e
+
+
+def resolve_config(source: SourceCheckpoint, preset: str | None) -> ModelConfig:
+    """Architecture from ``--model`` or SRC's diffusers ``config.json``; both must agree if both exist.
+
+    The model family comes from the config's ``_class_name`` or the preset name.
+    """
+    from_file = _config_from_file(source)
     if preset is None:
         if from_file is None:
+            found = (
+                "" if source.config is None else f" (its _class_name is {source.config.get('_class_name')!r})"
+            )
             raise ConversionError(
                 [
-                    "SRC has no diffusers config.json (WanTransformer3DModel), so the architecture is "
-                    "unknown; pass "
-                    "--model with one of the presets (e.g. --model wan2.1-t2v-14b)"
+                    f"SRC has no diffusers config.json of a known model ({', '.join(CLASS_NAMES)}){found}, "
+                    "so the architecture is unknown; pass --model with one of the presets "
+                    f"(e.g. --model wan2.1-t2v-14b); known presets: {list(PRESET_NAMES)}"
                 ]
             )
         return from_file
-    try:
-        config = WanConfig.preset(preset)
-    except ValueError as e:
-        raise ConversionError([str(e)]) from e
+    family = family_for_preset(preset)
+    config = family.presets[preset]
+    if from_file is not None and not isinstance(from_file, family.config_cls):
+        file_family = family_for_config(from_file)
+        raise ConversionError(
+            [
+                f"--model {preset} is a {family.name} preset but SRC's config.json is a "
+                f"{file_family.class_name}; drop --model or pass a {file_family.name} preset "
+                f"({sorted(file_family.presets)})"
+            ]
+        )
     if from_file is not None and from_file != config:
         diff = [
             f"{f.name}: config.json {getattr(from_file, f.name)!r} vs --model {getattr(config, f.name)!r}"
-            for f in dataclasses.fields(WanConfig)
+            for f in dataclasses.fields(config)
             if getattr(from_file, f.name) != getattr(config, f.name)
         ]
         raise ConversionError([f"--model {preset} disagrees with SRC's config.json: " + "; ".join(diff)])
     return config
 
 
-def target_shapes(config: WanConfig, param_dtype: Any) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+def target_shapes(config: ModelConfig, param_dtype: Any) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     """Every parameter of the model for ``config`` (abstract, no memory): dotted path → (shape, dtype)."""
-    abstract = nnx.eval_shape(
-        lambda: WanTransformer3DModel(config, rngs=nnx.Rngs(0), param_dtype=param_dtype)
-    )
+    abstract = family_for_config(config).build(config, dtype=jnp.bfloat16, param_dtype=param_dtype)
     return {k: (tuple(v.shape), np.dtype(v.dtype)) for k, v in param_shapes(abstract).items()}
 
 
-def _write_leaf(leaf: LeafPlan, source: SourceCheckpoint, writer: CheckpointWriter, progress: tqdm) -> None:
+def _write_leaf(
+    leaf: LeafPlan,
+    source: SourceCheckpoint,
+    writer: CheckpointWriter,
+    progress: tqdm,
+    stacks: tuple[Stack, ...],
+) -> None:
     """Read, transform, cast and queue one parameter's tensors one at a time (one per layer if stacked)."""
     for src in leaf.sources:
         array = src.transform.apply(read_tensor(source.tensors[src.key])).astype(leaf.dtype)
-        writer.add(storage_path(leaf.target, src.layer), array)
+        writer.add(storage_path(leaf.target, src.layer, stacks), array)
         progress.update(1)
 
 
@@ -114,19 +144,18 @@ def convert_checkpoint(
         raise ConversionError([f"{dst} exists; pass --force to overwrite it"])
 
     source = open_source(src)
-    source_format = detect_format(list(source.tensors)) if fmt == "auto" else fmt
     config = resolve_config(source, model)
+    family = family_for_config(config)
+    source_format = detect_format(list(source.tensors), family) if fmt == "auto" else fmt
     targets = target_shapes(config, DTYPES[dtype])
     plan = plan_conversion(
-        {k: t.shape for k, t in source.tensors.items()},
-        targets,
-        fmt=source_format,
-        num_layers=config.num_layers,
+        {k: t.shape for k, t in source.tensors.items()}, targets, family=family, fmt=source_format
     )
     log.info(
-        "converting %d %s-format tensors (%.1f MB) into %d parameters (%s)",
+        "converting %d %s-format %s tensors (%.1f MB) into %d parameters (%s)",
         len(source.tensors),
         source_format,
+        family.name,
         source.nbytes / 2**20,
         len(plan),
         dtype,
@@ -138,7 +167,7 @@ def convert_checkpoint(
         tqdm(total=num_tensors, desc="convert", unit="tensor", file=sys.stderr, disable=not progress) as bar,
     ):
         for leaf in plan:
-            _write_leaf(leaf, source, writer, bar)
+            _write_leaf(leaf, source, writer, bar, family.stacks)
         meta = {
             "format_version": FORMAT_VERSION,
             "param_dtype": np.dtype(DTYPES[dtype]).name,

@@ -1,9 +1,10 @@
 """The converted checkpoint on disk: ``DST/config.json`` + ``DST/params/`` (an orbax PyTree checkpoint).
 
 ``params/`` holds one entry per source tensor: top-level parameters under their model path and block
-parameters per layer (``blocks.N.attn1.to_q.kernel``); :func:`read_params` stacks them back.
-``config.json`` is diffusers' config for the architecture plus a ``_svg_jax`` entry (format version and
-parameter dtype); keys starting with ``_`` are metadata to diffusers and to :class:`WanConfig` alike.
+parameters per layer (``blocks.N.attn1.to_q.kernel``, ``single_transformer_blocks.N.proj_mlp.kernel``);
+:func:`read_params` stacks them back. ``config.json`` is diffusers' config for the architecture (its
+``_class_name`` names the model family) plus a ``_svg_jax`` entry (format version and parameter dtype);
+keys starting with ``_`` are metadata to diffusers and to the config classes alike.
 
 Writing streams: tensors are buffered up to ``buffer_bytes`` and flushed with orbax partial saves, so peak
 memory is about the buffer plus one tensor, whatever the checkpoint size. The whole
@@ -14,7 +15,7 @@ the temporary folder is removed, so DST is never left partial.
 import json
 import logging
 import pathlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -24,7 +25,7 @@ import orbax.checkpoint.experimental.v1 as ocp
 
 from .atomic import StagingDir
 from .errors import ConversionError
-from .params import flatten, is_stacked, nest, storage_path, storage_shapes
+from .params import Stack, flatten, nest, stack_of, storage_path, storage_shapes
 
 log = logging.getLogger(__name__)
 
@@ -117,15 +118,16 @@ def read_params(
     path: str | pathlib.Path,
     expected: Mapping[str, jax.ShapeDtypeStruct],
     *,
-    num_layers: int,
+    stacks: Sequence[Stack],
 ) -> dict[str, jax.Array]:
-    """Restore model parameters ``expected`` (block ones stacked) onto the default device.
+    """Restore model parameters ``expected`` (those under ``stacks`` stacked along their leading axis)
+    onto the default device.
 
     Peak device memory is the model plus one stacked parameter (per-layer parts are freed as each
     parameter is stacked).
     """
     params_dir = pathlib.Path(path).absolute() / PARAMS_DIR  # orbax needs absolute paths
-    model_params, expected = expected, storage_shapes(expected, num_layers)
+    model_params, expected = expected, storage_shapes(expected, stacks)
     stored = flatten(ocp.metadata(params_dir).metadata)
     problems = [f"missing: {k}" for k in sorted(set(expected) - set(stored))]
     problems += [f"unexpected: {k}" for k in sorted(set(stored) - set(expected))]
@@ -141,10 +143,10 @@ def read_params(
     parts = flatten(ocp.load(params_dir, nest(abstract)))
     out = {}
     for name in model_params:
-        if not is_stacked(name):
+        if stack_of(name, stacks) is None:
             out[name] = parts.pop(name)
             continue
-        layers = [parts.pop(storage_path(name, i)) for i in range(num_layers)]
+        layers = [parts.pop(storage_path(name, i, stacks)) for i in range(model_params[name].shape[0])]
         out[name] = jnp.stack(layers)
         for a in layers:
             a.delete()

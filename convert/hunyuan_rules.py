@@ -1,38 +1,27 @@
-"""HunyuanVideo diffusers keys → NNX parameter paths, and an in-memory loader built on them.
+"""HunyuanVideo diffusers keys → NNX parameter paths (the rule table of the HunyuanVideo model family).
 
 The rules reuse :class:`~.rules.Rule` and the named :data:`~.rules.TRANSFORMS`. The model has three
 stacked block groups, each with its own depth: ``transformer_blocks`` (``num_layers``),
 ``single_transformer_blocks`` (``num_single_layers``) and ``context_embedder.token_refiner.refiner_blocks``
-(``num_refiner_layers``); a ``layer`` group in a rule marks a parameter of one of them.
-
-The streaming converter (:func:`~.api.convert_checkpoint`) still assumes Wan's single ``blocks`` stack;
-:func:`params_from_diffusers` is the strict, total mapping for a state dict in memory, and
-:func:`load_diffusers_hunyuan` builds a ready model from a diffusers ``save_pretrained`` folder with it.
+(``num_refiner_layers``); a ``layer`` group in a rule marks a parameter of one of them. Only the diffusers
+format is mapped: the original release's names (``double_blocks.N.img_attn_qkv`` ...) fuse q/k/v.
 """
 
-import json
-import pathlib
 import re
-from collections.abc import Mapping
-from typing import Any
 
-import jax.numpy as jnp
-import numpy as np
-from flax import nnx
-from safetensors.numpy import load_file
+from .params import Stack
+from .rules import Mapped, Rule, map_key
 
-from svg_jax.models import HunyuanVideoConfig, HunyuanVideoTransformer3DModel
-
-from .params import param_shapes, with_params
-from .plan import shape_problem
-from .rules import TRANSFORMS, Mapped, Rule
-
-# Prefixes of the stacked block groups (a leaf under one carries a leading layer axis).
-STACKS: tuple[str, ...] = (
-    "transformer_blocks",
-    "single_transformer_blocks",
-    "context_embedder.token_refiner.refiner_blocks",
+# The stacked block groups (a leaf under one carries a leading layer axis).
+STACKS: tuple[Stack, ...] = (
+    Stack("transformer_blocks", "num_layers"),
+    Stack("single_transformer_blocks", "num_single_layers"),
+    Stack("context_embedder.token_refiner.refiner_blocks", "num_refiner_layers"),
 )
+
+# Key prefixes that only a diffusers-format / original-format HunyuanVideo checkpoint has.
+DIFFUSERS_MARKERS: tuple[str, ...] = ("x_embedder.", "time_text_embed.", "context_embedder.")
+ORIGINAL_MARKERS: tuple[str, ...] = ("img_in.", "txt_in.", "double_blocks.", "single_blocks.")
 
 _DOUBLE_LINEARS = (
     r"norm1\.linear|norm1_context\.linear|attn\.(?:to_q|to_k|to_v|add_q_proj|add_k_proj|add_v_proj"
@@ -79,76 +68,4 @@ HUNYUAN_DIFFUSERS_RULES: tuple[Rule, ...] = (
 
 def map_hunyuan_key(key: str) -> Mapped | None:
     """Where a HunyuanVideo diffusers key goes in the NNX model, or None when no rule knows it."""
-    hits = [(rule, out) for rule in HUNYUAN_DIFFUSERS_RULES if (out := rule.apply(key)) is not None]
-    assert len(hits) <= 1, f"key {key!r} matches {len(hits)} rules: {[r.pattern for r, _ in hits]}"
-    if not hits:
-        return None
-    rule, target = hits[0]
-    layer = re.fullmatch(rule.pattern, key).groupdict().get("layer")
-    return Mapped(target, None if layer is None else int(layer), TRANSFORMS[rule.transform])
-
-
-def stack_of(path: str) -> str | None:
-    """The stacked group a model parameter belongs to, or None for a top-level parameter."""
-    return next((s for s in STACKS if path.startswith(s + ".")), None)
-
-
-def params_from_diffusers(
-    state: Mapping[str, np.ndarray],
-    targets: Mapping[str, tuple[tuple[int, ...], np.dtype]],
-) -> dict[str, np.ndarray]:
-    """Map a diffusers state dict onto ``targets`` (NNX path → (shape, dtype)); strict and total.
-
-    Raises ValueError listing every unexpected key, missing layer and shape mismatch at once. Stack
-    depths come from the targets' leading axes.
-    """
-    problems: list[str] = []
-    slots: dict[str, dict[int | None, np.ndarray]] = {t: {} for t in targets}
-    for key in sorted(state):
-        mapped = map_hunyuan_key(key)
-        if mapped is None or mapped.target not in targets:
-            problems.append(f"unexpected: {key} (no rule maps it to a parameter of this config's model)")
-            continue
-        assert (mapped.layer is not None) == (stack_of(mapped.target) is not None), (key, mapped)
-        shape, dtype = targets[mapped.target]
-        if mapped.layer is not None and mapped.layer >= shape[0]:
-            problems.append(f"unexpected: {key}: layer {mapped.layer} >= stack depth {shape[0]}")
-            continue
-        array = np.asarray(state[key])
-        problem = shape_problem(key, tuple(array.shape), mapped, shape)
-        if problem is not None:
-            problems.append(problem)
-            continue
-        slots[mapped.target][mapped.layer] = mapped.transform.apply(array).astype(dtype)
-
-    out = {}
-    for target, (shape, _) in sorted(targets.items()):
-        layers = list(range(shape[0])) if stack_of(target) else [None]
-        missing = [layer for layer in layers if layer not in slots[target]]
-        problems += [f"missing: {target}" + ("" if layer is None else f" layer {layer}") for layer in missing]
-        if not missing:
-            parts = [slots[target][layer] for layer in layers]
-            out[target] = np.stack(parts) if stack_of(target) else parts[0]
-    if problems:
-        raise ValueError("cannot map the HunyuanVideo state dict:\n  " + "\n  ".join(problems))
-    return out
-
-
-def load_diffusers_hunyuan(
-    folder: str | pathlib.Path, *, dtype: Any = jnp.bfloat16, param_dtype: Any = jnp.float32
-) -> tuple[HunyuanVideoTransformer3DModel, HunyuanVideoConfig]:
-    """``(model, config)`` from a diffusers folder (``config.json`` + ``*.safetensors``), all in memory.
-
-    For small checkpoints (tests, tiny configs); the released 13B model needs the streaming converter.
-    """
-    folder = pathlib.Path(folder)
-    config = HunyuanVideoConfig.from_diffusers_config(json.loads((folder / "config.json").read_text()))
-    state: dict[str, np.ndarray] = {}
-    for shard in sorted(folder.glob("*.safetensors")):
-        state.update(load_file(shard))
-    abstract = nnx.eval_shape(
-        lambda: HunyuanVideoTransformer3DModel(config, rngs=nnx.Rngs(0), dtype=dtype, param_dtype=param_dtype)
-    )
-    targets = {k: (tuple(v.shape), np.dtype(v.dtype)) for k, v in param_shapes(abstract).items()}
-    arrays = params_from_diffusers(state, targets)
-    return with_params(abstract, {k: jnp.asarray(v) for k, v in arrays.items()}), config
+    return map_key(HUNYUAN_DIFFUSERS_RULES, key)

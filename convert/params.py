@@ -1,11 +1,13 @@
 """Dotted parameter paths of an NNX model (``blocks.attn1.to_out.0.kernel``) and their storage layout.
 
-The model stacks block parameters (``blocks.X`` is ``[num_layers, ...]``); the checkpoint stores one entry
-per layer (``blocks.N.X``, diffusers' own layout), so conversion never holds a stacked leaf in memory. The
+A model stacks the parameters of each block group (a :class:`Stack`: Wan's ``blocks``, HunyuanVideo's
+``transformer_blocks`` ...; ``blocks.X`` is ``[num_layers, ...]``); the checkpoint stores one entry per
+layer (``blocks.N.X``, diffusers' own layout), so conversion never holds a stacked leaf in memory. The
 orbax tree is a nested dict keyed by the dotted segments.
 """
 
-from collections.abc import Mapping
+import dataclasses
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -30,36 +32,47 @@ def param_shapes(model: nnx.Module) -> dict[str, jax.ShapeDtypeStruct]:
     return out
 
 
-STACKED_PREFIX = "blocks."
+@dataclasses.dataclass(frozen=True)
+class Stack:
+    """A group of stacked block parameters: every leaf under ``prefix`` leads with a layer axis."""
+
+    prefix: str  # dotted model path of the group, e.g. "blocks" or "single_transformer_blocks"
+    depth: str  # the config field that sets its number of layers (for messages), e.g. "num_layers"
 
 
-def is_stacked(path: str) -> bool:
-    """Whether a model parameter carries the leading ``num_layers`` axis."""
-    return path.startswith(STACKED_PREFIX)
+def stack_of(path: str, stacks: Sequence[Stack]) -> Stack | None:
+    """The stack a model parameter belongs to, or None for a top-level parameter."""
+    return next((s for s in stacks if path.startswith(s.prefix + ".")), None)
 
 
-def storage_path(path: str, layer: int | None) -> str:
+def storage_path(path: str, layer: int | None, stacks: Sequence[Stack]) -> str:
     """Checkpoint entry of ``path`` (at ``layer`` for stacked parameters): ``blocks.X`` → ``blocks.N.X``."""
     if layer is None:
         return path
-    return f"{STACKED_PREFIX}{layer}.{path.removeprefix(STACKED_PREFIX)}"
+    stack = stack_of(path, stacks)
+    if stack is None:
+        raise ValueError(
+            f"{path} is not in any stack {[s.prefix for s in stacks]}, so it has no layer {layer}"
+        )
+    return f"{stack.prefix}.{layer}.{path.removeprefix(stack.prefix + '.')}"
 
 
 def storage_shapes(
-    params: Mapping[str, jax.ShapeDtypeStruct], num_layers: int
+    params: Mapping[str, jax.ShapeDtypeStruct], stacks: Sequence[Stack]
 ) -> dict[str, jax.ShapeDtypeStruct]:
-    """The checkpoint entries for model parameters ``params``: stacked ones split per layer."""
+    """The checkpoint entries for model parameters ``params``: stacked ones split along their leading
+    (layer) axis."""
     out = {}
     for path, spec in params.items():
-        if not is_stacked(path):
+        if stack_of(path, stacks) is None:
             out[path] = spec
             continue
-        if spec.shape[:1] != (num_layers,):
+        if len(spec.shape) < 1:
             raise ValueError(
-                f"{path}: stacked parameter must lead with num_layers={num_layers}; got {spec.shape}"
+                f"{path}: a stacked parameter must lead with a layer axis; got shape {spec.shape}"
             )
-        for layer in range(num_layers):
-            out[storage_path(path, layer)] = jax.ShapeDtypeStruct(spec.shape[1:], spec.dtype)
+        for layer in range(spec.shape[0]):
+            out[storage_path(path, layer, stacks)] = jax.ShapeDtypeStruct(spec.shape[1:], spec.dtype)
     return out
 
 

@@ -13,16 +13,9 @@ from typing import Literal
 import numpy as np
 
 from .errors import ConversionError
-from .params import is_stacked
-from .rules import (
-    ORIGINAL_RULES,
-    Mapped,
-    Transform,
-    expected_diffusers_key,
-    is_ignored,
-    map_diffusers_key,
-    original_to_diffusers,
-)
+from .families import ModelFamily
+from .params import stack_of
+from .rules import Mapped, Transform
 
 log = logging.getLogger(__name__)
 
@@ -48,17 +41,20 @@ class LeafPlan:
     sources: tuple[Source, ...]
 
 
-def detect_format(keys: list[str]) -> Format:
-    """``diffusers`` if any key is a diffusers top-level name, ``original`` if any is an original one."""
-    if any(k.startswith(("condition_embedder.", "proj_out.")) for k in keys):
+def detect_format(keys: list[str], family: ModelFamily) -> Format:
+    """``diffusers`` if any key is a diffusers top-level name of ``family``, ``original`` if any is an
+    original one (an error for a family without original-format rules)."""
+    if any(k.startswith(family.diffusers_markers) for k in keys):
         return "diffusers"
-    if any(k.startswith(("time_embedding.", "head.")) for k in keys):
+    if any(k.startswith(family.original_markers) for k in keys):
+        family.check_original_supported()
         return "original"
+    formats = "--format diffusers" + (" or --format original" if family.original_rules is not None else "")
     raise ConversionError(
         [
-            "cannot tell the checkpoint format from its keys (no 'condition_embedder.*' nor "
-            "'time_embedding.*'); "
-            "pass --format diffusers or --format original"
+            f"cannot tell the checkpoint format from its keys (no '{family.diffusers_markers[0]}*' nor "
+            f"'{family.original_markers[0]}*'); "
+            f"pass {formats}"
         ]
     )
 
@@ -85,27 +81,30 @@ def plan_conversion(
     shapes: Mapping[str, tuple[int, ...]],
     targets: Mapping[str, tuple[tuple[int, ...], np.dtype]],
     *,
+    family: ModelFamily,
     fmt: Format,
-    num_layers: int,
 ) -> list[LeafPlan]:
-    """Map source ``shapes`` (by key) onto ``targets`` (NNX path → (shape, dtype)); strict and total."""
+    """Map source ``shapes`` (by key) onto ``targets`` (NNX path → (shape, dtype)) with ``family``'s
+    rules; strict and total. Each stack's depth is the leading axis of its targets."""
+    if fmt == "original":
+        family.check_original_supported()
     problems: list[str] = []
     slots: dict[tuple[str, int | None], str] = {}
     sources: dict[str, list[Source]] = {t: [] for t in targets}
     for key in sorted(shapes):
         name = key
         if fmt == "original":
-            name = original_to_diffusers(key)
+            name = family.original_to_diffusers(key)
             if name is None:
                 problems.append(
                     f"unexpected: {key} (no original→diffusers rule; expected one of the "
-                    f"{len(ORIGINAL_RULES)} original-format patterns)"
+                    f"{len(family.original_rules)} original-format patterns)"
                 )
                 continue
-        if is_ignored(name):
+        if family.is_ignored(name):
             log.info("ignoring %s (diffusers drops it on load too)", key)
             continue
-        mapped = map_diffusers_key(name)
+        mapped = family.map_key(name)
         label = key if name == key else f"{key} (= {name})"
         if mapped is None:
             problems.append(f"unexpected: {label} (no rule maps it to a model parameter)")
@@ -113,10 +112,11 @@ def plan_conversion(
         if mapped.target not in targets:
             problems.append(f"unexpected: {label} → {mapped.target}, which this config's model does not have")
             continue
-        if mapped.layer is not None and mapped.layer >= num_layers:
-            problems.append(f"unexpected: {label}: layer {mapped.layer} >= num_layers={num_layers}")
+        stack = stack_of(mapped.target, family.stacks)
+        assert (mapped.layer is not None) == (stack is not None), (key, mapped)
+        if stack is not None and mapped.layer >= (depth := targets[mapped.target][0][0]):
+            problems.append(f"unexpected: {label}: layer {mapped.layer} >= {stack.depth}={depth}")
             continue
-        assert (mapped.layer is not None) == is_stacked(mapped.target), (key, mapped)
         slot = (mapped.target, mapped.layer)
         if slot in slots:
             problems.append(
@@ -132,11 +132,11 @@ def plan_conversion(
 
     plans = []
     for target, (shape, dtype) in sorted(targets.items()):
-        layers = range(num_layers) if is_stacked(target) else [None]
+        layers = range(shape[0]) if stack_of(target, family.stacks) else [None]
         claimed = {layer for (t, layer) in slots if t == target}  # a mis-shaped key is not also "missing"
         missing = [layer for layer in layers if layer not in claimed]
         problems += [
-            f"missing: {expected_diffusers_key(target, layer)} (fills {target}"
+            f"missing: {family.expected_key(target, layer)} (fills {target}"
             + (f" layer {layer})" if layer is not None else ")")
             for layer in missing
         ]

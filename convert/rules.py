@@ -1,16 +1,19 @@
-"""Key-mapping rules: original-release → diffusers names, and diffusers names → NNX parameter paths.
+"""Key-mapping rules (Wan 2.1): original-release → diffusers names, and diffusers names → NNX paths.
 
 Every rule is an anchored full-match regex. Diffusers rules name their target with a template over the
 regex's named groups and carry a named :class:`Transform`; a ``layer`` group marks a block parameter,
 which lands at index ``layer`` of the stacked ``[num_layers, ...]`` leaf. No rule is order-dependent: the
-tests assert that no key of the released checkpoints matches two rules.
+tests assert that no key of the released checkpoints matches two rules. :func:`map_key`,
+:func:`match_rule` and :func:`diffusers_key_of` serve every model family's rule table.
 """
 
 import dataclasses
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
+
+from .params import Stack, storage_path
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,30 +165,23 @@ ORIGINAL_RULES: tuple[Rule, ...] = (
     Rule(r"img_emb\.emb_pos", "condition_embedder.image_embedder.pos_embed"),
 )
 
+# Wan's one stacked block group.
+WAN_STACKS: tuple[Stack, ...] = (Stack("blocks", "num_layers"),)
+
 # ComfyUI repacks prefix every key of the original format with this.
 COMFY_PREFIX = "model.diffusion_model."
 
 
-def _match_one(rules: tuple[Rule, ...], key: str) -> tuple[Rule, str] | None:
+def match_rule(rules: tuple[Rule, ...], key: str) -> tuple[Rule, str] | None:
+    """The one rule of ``rules`` that matches ``key`` and its rendered target, or None."""
     hits = [(rule, out) for rule in rules if (out := rule.apply(key)) is not None]
     assert len(hits) <= 1, f"key {key!r} matches {len(hits)} rules: {[r.pattern for r, _ in hits]}"
     return hits[0] if hits else None
 
 
-def original_to_diffusers(key: str) -> str | None:
-    """The diffusers name of an original-release key, or None when no rule knows it."""
-    hit = _match_one(ORIGINAL_RULES, key)
-    return None if hit is None else hit[1]
-
-
-def is_ignored(diffusers_key: str) -> bool:
-    """Whether diffusers itself drops this key on load."""
-    return any(re.fullmatch(p, diffusers_key) for p in IGNORED_DIFFUSERS_KEYS)
-
-
-def map_diffusers_key(key: str) -> Mapped | None:
-    """Where a diffusers key goes in the NNX model, or None when no rule knows it."""
-    hit = _match_one(DIFFUSERS_RULES, key)
+def map_key(rules: tuple[Rule, ...], key: str) -> Mapped | None:
+    """Where a diffusers key goes in the NNX model under ``rules``, or None when no rule knows it."""
+    hit = match_rule(rules, key)
     if hit is None:
         return None
     rule, target = hit
@@ -193,14 +189,33 @@ def map_diffusers_key(key: str) -> Mapped | None:
     return Mapped(target, None if layer is None else int(layer), TRANSFORMS[rule.transform])
 
 
-def expected_diffusers_key(target: str, layer: int | None) -> str:
-    """The diffusers key that fills ``target`` (at ``layer``): used to name missing tensors.
+def diffusers_key_of(target: str, layer: int | None, stacks: Sequence[Stack]) -> str:
+    """The diffusers key that fills ``target`` (at ``layer`` of its stack): used to name missing tensors.
 
-    Inverse of :data:`DIFFUSERS_RULES` (our paths are diffusers' with ``weight`` → ``kernel``/``scale``
-    and no block index); the tests check the round trip on every key of the released checkpoints.
+    Inverse of the diffusers rules of every family (our paths are diffusers' with ``weight`` →
+    ``kernel``/``scale`` and no block index); the tests check the round trip on every released key.
     """
     module, _, leaf = target.rpartition(".")
     name = f"{module}.weight" if leaf in ("kernel", "scale") else target
-    if layer is not None:
-        name = f"blocks.{layer}.{name.removeprefix('blocks.')}"
-    return name
+    return storage_path(name, layer, stacks)
+
+
+def original_to_diffusers(key: str) -> str | None:
+    """The diffusers name of an original-release Wan key, or None when no rule knows it."""
+    hit = match_rule(ORIGINAL_RULES, key)
+    return None if hit is None else hit[1]
+
+
+def is_ignored(diffusers_key: str) -> bool:
+    """Whether diffusers itself drops this Wan key on load."""
+    return any(re.fullmatch(p, diffusers_key) for p in IGNORED_DIFFUSERS_KEYS)
+
+
+def map_diffusers_key(key: str) -> Mapped | None:
+    """Where a Wan diffusers key goes in the NNX model, or None when no rule knows it."""
+    return map_key(DIFFUSERS_RULES, key)
+
+
+def expected_diffusers_key(target: str, layer: int | None) -> str:
+    """The Wan diffusers key that fills ``target`` (at ``layer``): see :func:`diffusers_key_of`."""
+    return diffusers_key_of(target, layer, WAN_STACKS)

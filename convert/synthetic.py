@@ -1,4 +1,4 @@
-"""Deterministic random Wan checkpoints in diffusers format (config.json + safetensors), without torch.
+"""Deterministic random Wan / HunyuanVideo checkpoints in diffusers format (config.json + safetensors).
 
 For the demo (a tiny model that runs on a CPU) and for tests that need a checkpoint larger than the
 committed fixtures. Keys, shapes and tensor layouts are exactly what ``save_pretrained`` writes, so the
@@ -12,23 +12,23 @@ from typing import Literal
 import numpy as np
 from safetensors.numpy import save_file
 
-from svg_jax.models import WanConfig
-
 from .api import target_shapes
 from .atomic import StagingDir
-from .rules import expected_diffusers_key
+from .families import ModelConfig, ModelFamily, family_for_config
+from .params import stack_of
 
 Init = Literal["unit", "fan_in"]
 
 
-def _source_shape(target: str, shape: tuple[int, ...]) -> tuple[int, ...]:
-    """torch layout of a target parameter (inverse of the linear / conv3d kernel transforms)."""
-    if target == "patch_embedding.kernel":
-        t, h, w, i, o = shape
-        return (o, i, t, h, w)
-    if target.endswith(".kernel"):
-        return shape[::-1]
-    return shape
+def _source_shape(family: ModelFamily, key: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """torch layout of the diffusers tensor ``key`` whose target has ``shape`` (inverse transform)."""
+    perm = family.map_key(key).transform.perm
+    if perm is None:
+        return shape
+    out = [0] * len(shape)
+    for target_axis, source_axis in enumerate(perm):
+        out[source_axis] = shape[target_axis]
+    return tuple(out)
 
 
 def _init(
@@ -49,7 +49,7 @@ def _init(
 
 def write_random_diffusers_checkpoint(
     folder: str | pathlib.Path,
-    config: WanConfig,
+    config: ModelConfig,
     *,
     seed: int = 0,
     init: Init = "fan_in",
@@ -64,12 +64,13 @@ def write_random_diffusers_checkpoint(
     ``shard_bytes`` splits the tensors into shards with an index, as large checkpoints ship.
     """
     rng = np.random.default_rng(seed)
+    family = family_for_config(config)
     shapes = {}
     for target, (shape, _) in target_shapes(config, np.float32).items():
-        stacked = target.startswith("blocks.")
-        for layer in range(config.num_layers) if stacked else [None]:
-            source_shape = _source_shape(target, shape[1:] if stacked else shape)
-            shapes[expected_diffusers_key(target, layer)] = source_shape
+        stacked = stack_of(target, family.stacks) is not None
+        for layer in range(shape[0]) if stacked else [None]:
+            key = family.expected_key(target, layer)
+            shapes[key] = _source_shape(family, key, shape[1:] if stacked else shape)
     with StagingDir(folder, force=force) as staging:
         out = staging.path
         weight_map, shard, shard_size, total, names = {}, {}, 0, 0, []

@@ -10,9 +10,8 @@ import pathlib
 import sys
 from collections.abc import Callable, Sequence
 
-from svg_jax.convert import DTYPES, ConversionError, convert_checkpoint
+from svg_jax.convert import DTYPES, PRESET_NAMES, ConversionError, convert_checkpoint
 from svg_jax.convert.api import DEFAULT_BUFFER_BYTES
-from svg_jax.models import WAN_PRESETS
 
 
 def _run_convert(args: argparse.Namespace) -> int:
@@ -47,16 +46,19 @@ def _run_convert(args: argparse.Namespace) -> int:
 def _add_convert(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "convert",
-        help="convert a Wan 2.1 checkpoint (diffusers or original safetensors) to svg-jax/orbax",
-        description="Convert a Wan 2.1 transformer checkpoint into an svg-jax checkpoint folder "
-        "(orbax params + config.json). Strict: any missing, unexpected or mis-shaped key fails.",
+        help="convert a Wan 2.1 (diffusers or original) or HunyuanVideo (diffusers) safetensors checkpoint "
+        "to svg-jax/orbax",
+        description="Convert a Wan 2.1 or HunyuanVideo transformer checkpoint into an svg-jax checkpoint "
+        "folder (orbax params + config.json); the model follows config.json's _class_name or --model. "
+        "Strict: any missing, unexpected or mis-shaped key fails.",
     )
     p.add_argument("src", help="safetensors file, *.safetensors.index.json, or a folder holding them")
     p.add_argument("dst", help="output folder (must not exist unless --force)")
     p.add_argument(
         "--model",
-        choices=sorted(WAN_PRESETS),
-        help="architecture preset; required when SRC has no diffusers config.json (original format)",
+        choices=PRESET_NAMES,
+        help="architecture preset (wan2.1-* or hunyuanvideo-t2v); required when SRC has no diffusers "
+        "config.json (original format)",
     )
     p.add_argument(
         "--dtype",

@@ -196,6 +196,13 @@ def prepare(req: GenerateRequest) -> Inputs:
         raw = read_config(req.checkpoint)
     except (OSError, ValueError) as e:
         raise GenerateError(f"--checkpoint {req.checkpoint}: {e}") from e
+    family = raw.get("_class_name", "WanTransformer3DModel")
+    if family != "WanTransformer3DModel":
+        raise GenerateError(
+            f"--checkpoint {req.checkpoint} holds a {family}; svg-jax generate runs Wan 2.1 checkpoints "
+            "only (the HunyuanVideo transformer is ported, its sampling pipeline is not yet: call the "
+            "model with svg_jax.make_attn_fn from Python, as benchmarks/e2e_hunyuan.py does)"
+        )
     config = WanConfig.from_diffusers_config(raw)
     _check_sizes(req, config)
     c, t, h, w = req.latent_shape(config.out_channels)  # the denoised latents; I2V adds a condition

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from svg_jax.convert import ConversionError, detect_format, plan_conversion, target_shapes
+from svg_jax.convert import WAN, ConversionError, detect_format, plan_conversion, target_shapes
 from svg_jax.convert.rules import (
     DIFFUSERS_RULES,
     ORIGINAL_RULES,
@@ -57,12 +57,11 @@ def test_manifest_config_is_our_preset(name):
 @pytest.mark.parametrize("fmt", ["diffusers", "original"])
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_full_size_checkpoint_maps_onto_eval_shape(targets, name, fmt):
-    config = WAN_PRESETS[PRESET_OF[name]]
-    plan = plan_conversion(shapes_of(name, fmt), targets(name), fmt=fmt, num_layers=config.num_layers)
+    plan = plan_conversion(shapes_of(name, fmt), targets(name), family=WAN, fmt=fmt)
     assert {leaf.target for leaf in plan} == set(targets(name))  # every parameter filled
     assert sum(len(leaf.sources) for leaf in plan) == len(MODELS[name][fmt])  # every key used once
     assert sum(int(np.prod(leaf.shape)) for leaf in plan) == MODELS[name]["num_params"]
-    assert detect_format(list(MODELS[name][fmt])) == fmt
+    assert detect_format(list(MODELS[name][fmt]), WAN) == fmt
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
@@ -109,7 +108,7 @@ def test_plan_reports_every_problem_at_once(targets):
     shapes["proj_out.weight"] = (64, 1535)
     shapes["blocks.2.norm2.weight"] = (1536, 1)
     with pytest.raises(ConversionError) as info:
-        plan_conversion(shapes, targets(name), fmt="diffusers", num_layers=30)
+        plan_conversion(shapes, targets(name), family=WAN, fmt="diffusers")
     problems = info.value.problems
     assert len(problems) == 6, problems
     text = str(info.value)
@@ -130,8 +129,8 @@ def test_plan_flags_t2v_weights_into_an_i2v_model(targets):
         plan_conversion(
             shapes_of("wan2.1-t2v-14b", "diffusers"),
             targets("wan2.1-i2v-14b"),
+            family=WAN,
             fmt="diffusers",
-            num_layers=40,
         )
     text = str(info.value)
     assert "missing: blocks.39.attn2.add_k_proj.weight" in text
@@ -143,13 +142,13 @@ def test_ignored_and_unknown_original_keys(targets):
     name = "wan2.1-i2v-14b"
     shapes = shapes_of(name, "diffusers")
     shapes["blocks.0.attn2.norm_added_q.weight"] = (5120,)  # diffusers drops it on load; so do we
-    plan_conversion(shapes, targets(name), fmt="diffusers", num_layers=40)
+    plan_conversion(shapes, targets(name), family=WAN, fmt="diffusers")
     original = shapes_of(name, "original")
     original["blocks.0.self_attn.qkv.weight"] = (15360, 5120)
     with pytest.raises(ConversionError, match="unexpected: blocks.0.self_attn.qkv.weight \\(no original"):
-        plan_conversion(original, targets(name), fmt="original", num_layers=40)
+        plan_conversion(original, targets(name), family=WAN, fmt="original")
 
 
 def test_detect_format_needs_known_keys():
     with pytest.raises(ConversionError, match="pass --format"):
-        detect_format(["encoder.conv_in.weight"])
+        detect_format(["encoder.conv_in.weight"], WAN)

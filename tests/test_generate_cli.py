@@ -143,6 +143,17 @@ def test_wrong_embedding_width_is_reported(files, tmp_path, capsys):
     assert "must have last axis 16" in capsys.readouterr().err
 
 
+def test_a_hunyuan_checkpoint_is_refused_clearly(files, tmp_path, capsys):
+    ckpt = tmp_path / "hunyuan"
+    convert_checkpoint(FIXTURES / "hunyuan" / "tiny" / "diffusers", ckpt, dtype="fp32", progress=False)
+    args = argv(files, tmp_path / "out")
+    args[args.index("--checkpoint") + 1] = str(ckpt)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "holds a HunyuanVideoTransformer3DModel" in err and "Wan 2.1 checkpoints only" in err
+    assert not (tmp_path / "out").exists()
+
+
 def test_existing_out_needs_force_and_failures_leave_nothing(files, tmp_path, capsys, monkeypatch):
     out = tmp_path / "out"
     out.mkdir()

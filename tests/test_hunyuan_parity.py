@@ -2,7 +2,8 @@
 
 Goldens come from tools/make_hunyuan_fixtures.py (torch + diffusers, float32 CPU): diffusers' own tiny test
 config (``tiny``) and the "patch 2 with padding" config of video_dits.md §6 (``padded``: two samples with
-9 and 5 valid text tokens of 12, guidance 6000). Weights go through convert/hunyuan_rules.py.
+9 and 5 valid text tokens of 12, guidance 6000). Weights go through the real converter (svg-jax convert)
+and :func:`svg_jax.load`, like tests/test_wan_parity.py.
 """
 
 import dataclasses
@@ -15,7 +16,8 @@ import pytest
 from flax import nnx
 from safetensors.numpy import load_file
 
-from svg_jax.convert.hunyuan_rules import load_diffusers_hunyuan
+from svg_jax.convert import convert_checkpoint
+from svg_jax.loading import load
 from svg_jax.models import (
     HUNYUAN_PRESETS,
     HunyuanVideoConfig,
@@ -57,16 +59,17 @@ def forward_with_attention(model, *inputs):
 
 
 @pytest.fixture(scope="module")
-def loaded():
-    """(case, dtype name) → (model, config, io), loaded once per module."""
+def loaded(tmp_path_factory):
+    """(case, storage dtype) → (model, config, io): converted and loaded once per module; the compute
+    dtype is the storage dtype."""
     cache: dict = {}
 
     def get(case: str, dtype: str = "fp32"):
         if (case, dtype) not in cache:
+            dst = tmp_path_factory.mktemp("ckpt") / f"{case}-{dtype}"
+            convert_checkpoint(FIXTURES / case / "diffusers", dst, dtype=dtype, progress=False)
             jdtype = {"fp32": jnp.float32, "bf16": jnp.bfloat16}[dtype]
-            model, config = load_diffusers_hunyuan(
-                FIXTURES / case / "diffusers", dtype=jdtype, param_dtype=jdtype
-            )
+            model, config = load(dst, dtype=jdtype)
             cache[case, dtype] = model, config, load_file(FIXTURES / case / "io.safetensors")
         return cache[case, dtype]
 

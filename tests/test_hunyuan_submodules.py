@@ -5,26 +5,19 @@ Goldens: tools/make_hunyuan_fixtures.py (diffusers hooks on ``time_text_embed``,
 ``transformer_blocks[0]``, ``model.rope``, and ``Timesteps(256)``).
 """
 
-import json
 import pathlib
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 from safetensors import safe_open
 from safetensors.numpy import load_file
 
-from svg_jax.convert.hunyuan_rules import (
-    load_diffusers_hunyuan,
-    map_hunyuan_key,
-    params_from_diffusers,
-)
-from svg_jax.convert.params import param_shapes
+from svg_jax.convert import HUNYUAN_VIDEO, convert_checkpoint, target_shapes
+from svg_jax.convert.hunyuan_rules import map_hunyuan_key
+from svg_jax.loading import load
 from svg_jax.models import (
     HUNYUAN_PRESETS,
-    HunyuanVideoConfig,
-    HunyuanVideoTransformer3DModel,
     masked_dense_attention,
     text_kv_lengths,
 )
@@ -40,8 +33,10 @@ def rel_err(ours, ref) -> float:
 
 
 @pytest.fixture(scope="module", params=["tiny", "padded"])
-def case(request):
-    model, config = load_diffusers_hunyuan(FIXTURES / request.param / "diffusers", dtype=jnp.float32)
+def case(request, tmp_path_factory):
+    dst = tmp_path_factory.mktemp("ckpt") / request.param
+    convert_checkpoint(FIXTURES / request.param / "diffusers", dst, dtype="fp32", progress=False)
+    model, config = load(dst, dtype=jnp.float32)
     return model, config, load_file(FIXTURES / request.param / "io.safetensors")
 
 
@@ -105,27 +100,21 @@ def test_block0_matches(case):
     assert rel_err(text, io["block0_out_text"]) <= REL_TOL_F32
 
 
-def _targets(config) -> dict:
-    abstract = nnx.eval_shape(lambda: HunyuanVideoTransformer3DModel(config, rngs=nnx.Rngs(0)))
-    return {k: (tuple(v.shape), np.dtype(v.dtype)) for k, v in param_shapes(abstract).items()}
-
-
 def test_rules_cover_every_release_parameter_once():
     """Every parameter of the released architecture is the image of exactly one diffusers key (the
     inverse of our naming: block index re-inserted, ``kernel``/``scale`` → ``weight``)."""
     config = HUNYUAN_PRESETS["hunyuanvideo-t2v"]
-    stacks = {
+    depths = {
         "transformer_blocks": config.num_layers,
         "single_transformer_blocks": config.num_single_layers,
         "context_embedder.token_refiner.refiner_blocks": config.num_refiner_layers,
     }
-    for target in _targets(config):
-        module, _, leaf = target.rpartition(".")
-        name = f"{module}.weight" if leaf in ("kernel", "scale") else target
-        stack = next((s for s in stacks if name.startswith(s + ".")), None)
-        layers = range(stacks[stack]) if stack else [None]
-        for layer in layers:
-            key = name if stack is None else f"{stack}.{layer}.{name.removeprefix(stack + '.')}"
+    assert {s.prefix for s in HUNYUAN_VIDEO.stacks} == set(depths)
+    for target, (shape, _) in target_shapes(config, np.float32).items():
+        stack = next((s for s in depths if target.startswith(s + ".")), None)
+        assert stack is None or shape[0] == depths[stack], target
+        for layer in range(depths[stack]) if stack else [None]:
+            key = HUNYUAN_VIDEO.expected_key(target, layer)
             mapped = map_hunyuan_key(key)
             assert mapped is not None and (mapped.target, mapped.layer) == (target, layer), key
 
@@ -140,19 +129,3 @@ def test_fixture_keys_all_map_and_conv_is_transposed():
         "transformer_blocks.attn.norm_added_k.scale"
     )
     assert map_hunyuan_key("blocks.0.attn1.to_q.weight") is None  # a Wan key
-
-
-def test_params_from_diffusers_lists_every_problem():
-    folder = FIXTURES / "padded" / "diffusers"
-    config = json.loads((folder / "config.json").read_text())
-    targets = _targets(HunyuanVideoConfig.from_diffusers_config(config))
-    state = load_file(folder / "diffusion_pytorch_model.safetensors")
-    del state["single_transformer_blocks.1.proj_mlp.weight"]
-    state["transformer_blocks.0.attn.extra.weight"] = np.zeros((2, 2), np.float32)
-    state["proj_out.weight"] = state["proj_out.weight"][:-1]
-    with pytest.raises(ValueError) as e:
-        params_from_diffusers(state, targets)
-    message = str(e.value)
-    assert "missing: single_transformer_blocks.proj_mlp.kernel layer 1" in message
-    assert "unexpected: transformer_blocks.0.attn.extra.weight" in message
-    assert "shape mismatch: proj_out.weight" in message
