@@ -29,7 +29,7 @@ import time
 
 import jax
 import jax.numpy as jnp
-from e2e import FIXED_DENSITIES, attention_share, random_model
+from e2e import COLUMNS, FIXED_DENSITIES, attention_share, random_model
 from flax import nnx
 from harness import device_info, print_table, write_json
 
@@ -39,14 +39,6 @@ from svg_jax.models import HUNYUAN_PRESETS, HunyuanVideoConfig, HunyuanVideoTran
 TEXT_TOKENS = 256  # the official pipeline pads the LLaVA prompt to 256 tokens
 STEPS = 50
 HEIGHT, WIDTH, FRAMES = 720, 1280, 129
-COLUMNS = [
-    "setting",
-    "step_ms",
-    "density_sparse_layers",
-    "step_speedup",
-    "projected_50_step_s",
-    "projected_speedup",
-]
 TINY = HunyuanVideoConfig(
     in_channels=16,
     out_channels=16,
