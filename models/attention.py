@@ -77,21 +77,9 @@ def sdpa(
     )
 
 
-def dense_attention(
-    q: Float[Array, "B N H D"],
-    k: Float[Array, "B M H D"],
-    v: Float[Array, "B M H D"],
-    *,
-    layer: Int[Array, ""],
-    state: PyTree[Any] | None,
-) -> tuple[Float[Array, "B N H D"], PyTree[Any] | None, dict]:
-    """Default :class:`AttnFn`: dense attention that passes ``state`` through and reports no stats."""
-    del layer  # dense attention is the same in every layer
-    return sdpa(q, k, v), state, {}
-
-
-def masked_dense_attention(kv_lengths: Int[Array, " B"]) -> AttnFn:
-    """A dense :class:`AttnFn` whose keys at positions ``>= kv_lengths[b]`` are masked out.
+def masked_dense_attention(kv_lengths: Int[Array, " B"] | None) -> AttnFn:
+    """A dense :class:`AttnFn` whose keys at positions ``>= kv_lengths[b]`` are masked out (None: no
+    mask); it passes ``state`` through and reports no stats.
 
     HunyuanVideo's default: the joint sequence is ``[video, text]`` with the text right-padded, so
     ``kv_lengths = N_video + valid_text_tokens`` (queries are not masked, as in diffusers).
@@ -105,7 +93,11 @@ def masked_dense_attention(kv_lengths: Int[Array, " B"]) -> AttnFn:
         layer: Int[Array, ""],
         state: PyTree[Any] | None,
     ) -> tuple[Float[Array, "B N H D"], PyTree[Any] | None, dict]:
-        del layer  # the same mask in every layer
+        del layer  # dense attention (and its mask) is the same in every layer
         return sdpa(q, k, v, kv_lengths=kv_lengths), state, {}
 
     return attn_fn
+
+
+# Default :class:`AttnFn`: unmasked dense attention, the same in every layer.
+dense_attention: AttnFn = masked_dense_attention(None)
