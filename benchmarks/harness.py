@@ -7,6 +7,7 @@ import gzip
 import json
 import os
 import statistics
+import sys
 import tempfile
 import time
 import traceback
@@ -72,6 +73,14 @@ def write_json(path: str, payload: dict) -> None:
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+def write_report(path: str, benchmark: str, argv, **payload) -> None:
+    """``write_json`` of the device facts, the benchmark's name and command line (``argv``, or the
+    process's), and ``payload``."""
+    args = " ".join(argv if argv is not None else sys.argv[1:])
+    command = f"python benchmarks/{benchmark}.py {args}"
+    write_json(path, {**device_info(), "benchmark": benchmark, "command": command, **payload})
 
 
 def print_table(rows: list[dict], columns: list[str]) -> None:

@@ -6,21 +6,26 @@ Same contract and plan as the Triton kernel (:mod:`.cluster_sparse_attn`, :mod:`
 tiles; the plan is built with ``row_align=8``), and the compute warpgroups mask
 
 * the rows before the run's first row and past its end (``lead <= cols < valid``), on a run's first and
-  last chunks (with 64-row chunks, interior chunks, all rows inside the run, skip this mask);
+  last chunks (interior chunks, all rows inside the run, skip it), as a column bias of 0 or -inf;
 * on a *mixed* chunk (the tile's query clusters disagree on the run), what each row's own query cluster
   does not select. Fast path: when the tile holds at most ``FAST_Q`` = 4 query clusters and the chunk
   spans at most ``FAST_K`` = 8 key clusters, the map entries involved fit one 32-bit word, read from
   :func:`tile_words` (per tile and first key cluster, packed in XLA before the kernel); each element then
   reads its bit at ``(key cluster − chunk's first) · 4 + (query cluster − tile's first)`` from a row
   vector of query labels and a column vector of key labels. Otherwise (tiny clusters) the slow path
-  builds the allowed set as a union of rectangles ``rows of query cluster u × columns of key cluster j``
-  from the cluster bounds, looping over the pairs.
+  gives each row its query cluster's bits of the map over the chunk's key clusters, 32 key clusters per
+  pass: one pass over the warpgroup's query clusters reads two words of :func:`map_bitset` each, then
+  each element tests its column's bit. (A loop over (query, key) cluster pairs, three dependent loads
+  and a sweep of the tile each, cost 1 ms of the Wan 720p SVG2 plan's 36.6, from one tile with 295 such
+  chunks.)
 
 The per-chunk scalars (start, code, first key cluster and the packed word at it) are loaded one chunk
 ahead and the key-label vector before the chunk's ``Q Kᵀ`` (the engine's two load stages), so their
 latency hides under the matrix multiply. Everything past the plan is exact: a row whose clusters select
 nothing outputs zeros.
 """
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -34,10 +39,10 @@ from .common import pad_axis
 from .mosaic_flash import COL, CTA_ROWS, ROW, WG_ROWS, TileMask, check_mosaic_inputs, sparse_flash_mosaic
 
 ROW_ALIGN = 8  # TMA copies into (8, 64)-tiled shared memory start at a multiple of 8 rows
+# K/V ring slots by block_k. Four 64-row slots (160 KiB of shared memory with Q) against two, H200, Wan
+# 720p: 37.5 -> 36.2-37.2 ms on the SVG2 plan, 82.0 -> 81.0 ms on random maps (mosaic_steps.py).
+DEFAULT_STAGES = {64: 4, 128: 2}
 FAST_Q, FAST_K = 4, 8  # fast path: <= 4 query clusters per tile x <= 8 key clusters per chunk = 32 bits
-# Interior chunks skip the run mask only with 64-row chunks: H200, Wan 720p SVG2 plan, 38.7 -> 37.1 ms;
-# with 128-row chunks the branch made the kernel slower (48.4 -> 54.1 ms), so those always mask.
-SKIP_INTERIOR_BLOCK_K = 64
 
 
 def check_mosaic_plan(q: jax.Array, plan: ClusterTilePlan) -> None:
@@ -69,18 +74,35 @@ def tile_words(plan: ClusterTilePlan) -> jax.Array:
     return words
 
 
-def _cluster_mask(tables, at, row0, *, block_k: int) -> TileMask:
-    """The engine's mask: the run's columns on every chunk; on mixed chunks the packed-bit selection of
-    each row's query cluster, or the rectangle union where the tile or chunk has too many clusters."""
-    starts, codes, _, kfirst, q_lab, k_lab, q_first, k_first, cmap, words = tables
+def map_bitset(cluster_map: jax.Array) -> jax.Array:
+    """``[B, H, Cq+1, W]`` int32: the map's rows as bit sets, bit ``i`` of word ``w`` being
+    ``map[u, 32·w + i]``, with a zero word past the end (so two neighbouring words always exist)."""
+    ck1 = cluster_map.shape[-1]
+    words = -(-ck1 // 32) + 1
+    m = jnp.pad(cluster_map.astype(jnp.uint32), ((0, 0), (0, 0), (0, 0), (0, 32 * words - ck1)))
+    m = m.reshape(*m.shape[:-1], words, 32) << jnp.arange(32, dtype=jnp.uint32)
+    return lax.bitcast_convert_type(jnp.sum(m, axis=-1, dtype=jnp.uint32), jnp.int32)  # distinct bits: OR
+
+
+def cluster_mask(
+    tables, at, row0, *, block_k: int, branch_run: bool = True, branch_fast: bool = True
+) -> TileMask:
+    """The engine's mask: the run's columns on a run's first and last chunks; on mixed chunks the packed-bit
+    selection of each row's query cluster, or, where the tile or chunk has too many clusters for one word,
+    each row's bits of the map (:func:`map_bitset`) over the chunk's key clusters.
+
+    ``branch_run`` / ``branch_fast`` False apply the run mask / the packed-bit mask to every chunk instead
+    of branching around them (benchmark variants: both were slower on the Wan 720p SVG2 plan, 36.8 and
+    42.0 ms against 34.9; ``benchmarks/cluster_mask.py``)."""
+    starts, codes, _, kfirst, q_lab, k_lab, bitmap, words = tables
     b, h, t = at
     width, ck_last = starts.shape[-1], words.shape[-1] - 1
     u_lo = q_lab[b, h, row0]  # the warpgroup's query clusters: u_lo..u_hi (rows are sorted)
     u_hi = q_lab[b, h, row0 + WG_ROWS - 1]
     tile_lo = q_lab[b, h, t * CTA_ROWS]
     rows_fit = (u_hi - tile_lo < FAST_Q).astype(jnp.int32)
-    row_slot = plgpu.load(q_lab.at[b, h, pl.ds(row0, WG_ROWS)], layout=ROW, optimized=False) - tile_lo
-    row_slot = jnp.minimum(row_slot, FAST_Q - 1)  # only rows of a tile that takes the slow path exceed it
+    row_lab = plgpu.load(q_lab.at[b, h, pl.ds(row0, WG_ROWS)], layout=ROW, optimized=False)
+    row_slot = jnp.minimum(row_lab - tile_lo, FAST_Q - 1)  # past FAST_Q - 1 only in slow-path tiles
 
     def stage1(j):
         j = jnp.minimum(j, width - 1)
@@ -95,44 +117,54 @@ def _cluster_mask(tables, at, row0, *, block_k: int) -> TileMask:
         start, code, j_lo, bits = first
         lead, valid, uniform = decode_chunk(code)
 
-        def run_mask(_, s):  # the run's columns: lead <= c < valid
-            cols = plgpu.broadcasted_iota(jnp.int32, s.shape, 1, layout=plgpu.Layout.WGMMA)
-            return jnp.where((cols >= lead) & (cols < valid), s, -jnp.inf)
+        def run_mask(_, s):  # the run's columns lead <= c < valid: a column bias of 0 / -inf, one add a logit
+            cols = plgpu.broadcasted_iota(jnp.int32, (block_k,), 0, layout=COL)
+            bias = jnp.where((cols >= lead) & (cols < valid), 0.0, -jnp.inf)
+            return s + lax.broadcast_in_dim(bias, s.shape, [1])
 
-        if block_k == SKIP_INTERIOR_BLOCK_K:  # a run's interior chunks (no lead, all rows in the run) skip it
-            s = lax.fori_loop(0, ((lead > 0) | (valid < block_k)).astype(jnp.int32), run_mask, s)  # 0/1 trips
-        else:
-            s = run_mask(0, s)
+        edge = ((lead > 0) | (valid < block_k)).astype(jnp.int32)  # interior chunks lie wholly in the run
+        s = lax.fori_loop(0, edge, run_mask, s) if branch_run else run_mask(0, s)  # 0 or 1 trips
         mixed = 1 - uniform
         fast = mixed * rows_fit * (decode_span(code) < FAST_K).astype(jnp.int32)
+        if not branch_fast:  # every chunk takes the packed mask; all bits set where it is not mixed-fast
+            bits = jnp.where(fast == 1, bits, jnp.int32(-1))
 
         def fast_mask(_, s):  # bit (key slot·FAST_Q + query slot) of the packed map says "selected"
-            k_slot = jnp.clip(col_lab - j_lo, 0, FAST_K - 1) * FAST_Q
-            shift = lax.broadcast_in_dim(k_slot, s.shape, [1]) + lax.broadcast_in_dim(row_slot, s.shape, [0])
-            keep = lax.shift_right_logical(jnp.full(s.shape, bits, jnp.int32), shift) & 1
-            return jnp.where(keep != 0, s, -jnp.inf)
+            # Per row, shift its query slot's bits down; per column, shift the key slot's bit up to the sign.
+            row_bits = lax.shift_right_logical(jnp.full((WG_ROWS,), bits, jnp.int32), row_slot)
+            up = 31 - jnp.clip(col_lab - j_lo, 0, FAST_K - 1) * FAST_Q
+            word = lax.shift_left(
+                lax.broadcast_in_dim(row_bits, s.shape, [0]), lax.broadcast_in_dim(up, s.shape, [1])
+            )
+            return jnp.where(word < 0, s, -jnp.inf)
 
-        s = lax.fori_loop(0, fast, fast_mask, s)  # 0 or 1 trips
+        s = lax.fori_loop(0, fast, fast_mask, s) if branch_fast else fast_mask(0, s)  # 0 or 1 trips
 
-        def slow_mask(_, s):  # rows of u × columns of each key cluster u selects, from the bounds
-            rows = plgpu.broadcasted_iota(jnp.int32, (WG_ROWS,), 0, layout=ROW) + row0
-            keys = plgpu.broadcasted_iota(jnp.int32, (block_k,), 0, layout=COL) + start
+        def slow_mask(_, s):  # each row's own bits of the map over the chunk's key clusters, 32 at a time
             j_hi = k_lab[b, h, start + jnp.maximum(valid, 1) - 1]
 
-            def query_cluster(i, allowed):
-                u = u_lo + i
-                in_u = (rows >= q_first[b, h, u]) & (rows < q_first[b, h, u + 1])
+            def window(w, allowed):  # key clusters jw .. jw + 31
+                jw = j_lo + 32 * w
+                word0, shift = lax.div(jw, 32), lax.rem(jw, 32)
 
-                def key_cluster(jc, sel):
-                    lo = k_first[b, h, jc]
-                    hi = jnp.where(cmap[b, h, u, jc] != 0, k_first[b, h, jc + 1], lo)  # empty unless selected
-                    return sel | ((keys >= lo) & (keys < hi)).astype(jnp.int32)
+                def query_cluster(i, row_bits):  # bits jw.. of map row u, on the rows of cluster u
+                    u = u_lo + i
+                    low = lax.shift_right_logical(bitmap[b, h, u, word0], shift)
+                    high = lax.shift_left(lax.shift_left(bitmap[b, h, u, word0 + 1], 31 - shift), 1)
+                    return jnp.where(row_lab == u, low | high, row_bits)
 
-                sel = lax.fori_loop(j_lo, j_hi + 1, key_cluster, jnp.zeros((block_k,), jnp.int32))
-                both = lax.broadcast_in_dim(in_u.astype(jnp.int32), s.shape, [0])
-                return allowed | (both & lax.broadcast_in_dim(sel, s.shape, [1]))
+                none = plgpu.layout_cast(jnp.zeros((WG_ROWS,), jnp.int32), ROW)
+                row_bits = lax.fori_loop(0, u_hi - u_lo + 1, query_cluster, none)
+                k_slot = col_lab - jw
+                up = 31 - jnp.clip(k_slot, 0, 31)  # the column's bit to the sign
+                word = lax.shift_left(
+                    lax.broadcast_in_dim(row_bits, s.shape, [0]), lax.broadcast_in_dim(up, s.shape, [1])
+                )
+                inside = lax.broadcast_in_dim(((k_slot >= 0) & (k_slot < 32)).astype(jnp.int32), s.shape, [1])
+                return allowed | (inside & (word < 0).astype(jnp.int32))
 
-            allowed = lax.fori_loop(0, u_hi - u_lo + 1, query_cluster, jnp.zeros(s.shape, jnp.int32))
+            allowed = jnp.zeros(s.shape, jnp.int32)
+            allowed = lax.fori_loop(0, lax.div(j_hi - j_lo, 32) + 1, window, allowed)
             return jnp.where(allowed != 0, s, -jnp.inf)
 
         return lax.fori_loop(0, mixed - fast, slow_mask, s)  # 0 or 1 trips
@@ -147,12 +179,19 @@ def cluster_sparse_attention_mosaic(
     plan: ClusterTilePlan,
     *,
     sm_scale: float,
-    num_stages: int = 2,
+    num_stages: int | None = None,
+    tiles_per_step: int = 1,
     num_programs: int | None = None,
     order: str = "head_lpt",
+    make_mask=None,
 ) -> Float[Array, "B N H D"]:
     """Run the Mosaic kernel on a plan built with ``block_q=128``, ``block_k`` 64 or 128 and ``row_align=8``
-    (``cluster_sparse_attention_from_plan`` checks that the plan fits q/k first)."""
+    (``cluster_sparse_attention_from_plan`` checks that the plan fits q/k first).
+
+    ``num_stages``: K/V ring slots, by default :data:`DEFAULT_STAGES` for the plan's ``block_k``.
+
+    ``make_mask`` replaces the kernel's mask (:func:`cluster_mask`, same signature): an ablation hook for
+    benchmarks, which then compute something else than the plan's attention."""
     check_mosaic_plan(q, plan)
     n = q.shape[1]
     bk = plan.block_k
@@ -169,9 +208,7 @@ def cluster_sparse_attention_mosaic(
         plan.chunk_kfirst,
         plan.q_labels,  # rows of nqt·128: vector loads stay aligned
         jnp.pad(plan.k_labels, ((0, 0), (0, 0), (0, mk_pad - mk)), constant_values=ck),  # aligned rows too
-        plan.q_bounds,
-        plan.k_bounds,
-        plan.cluster_map.astype(jnp.int32),
+        map_bitset(plan.cluster_map),
         tile_words(plan),
     )
 
@@ -185,10 +222,11 @@ def cluster_sparse_attention_mosaic(
         vp,
         counts=jnp.clip(plan.chunk_counts, 0, width),
         key_row=key_row,
-        make_mask=lambda tables, at, row0: _cluster_mask(tables, at, row0, block_k=bk),
+        make_mask=functools.partial(make_mask or cluster_mask, block_k=bk),
         block_k=bk,
         sm_scale=sm_scale,
-        num_stages=num_stages,
+        num_stages=DEFAULT_STAGES[bk] if num_stages is None else num_stages,
+        tiles_per_step=tiles_per_step,
         num_programs=num_programs,
         order=order,
     )

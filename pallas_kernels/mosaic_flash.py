@@ -22,7 +22,9 @@ FlashAttention-3 structure):
   reusing a slot, so the next item's first tiles load while the current item finishes;
 * warpgroups 0 and 1 each own 64 query rows: ``S = Q Kᵀ`` by wgmma from shared memory, base-2 online
   softmax in registers, ``O += P V`` by wgmma with ``P`` in registers; a shared "schedule" barrier
-  alternates them so one warpgroup's softmax overlaps the other's matrix multiplies.
+  alternates them so one warpgroup's softmax overlaps the other's matrix multiplies. With
+  ``tiles_per_step=2`` a step takes two key tiles (two wgmmas each way, one softmax update): +5% for
+  64-row block lists, nothing for the cluster kernel's chunk lists (H200, ``benchmarks/mosaic_steps.py``).
 
 An item whose count is 0 writes zeros, and so does a row that no tile lets see a key. Head dims that are
 multiples of 64 (≤ 256), bf16 or f16.
@@ -42,6 +44,11 @@ LOG2E = math.log2(math.e)
 WG_ROWS = 64  # query rows per compute warpgroup (one wgmma M tile)
 CTA_ROWS = 2 * WG_ROWS  # query rows per CTA = the block_q of the tile lists
 MOSAIC_DTYPES = (jnp.bfloat16, jnp.float16)
+# Key tiles per softmax step. Two: a step multiplies Q by both tiles (two wgmmas each way) and runs one
+# online-softmax update over both, which halves the per-step costs (barriers, row max/sum, the rescale
+# of the accumulator) for 64-row tiles at the price of a padding tile at the end of an odd list.
+TILES_PER_STEP = (1, 2)
+SMEM_BYTES = 227 * 1024  # dynamic shared memory of one sm90 CTA
 ROW = plgpu.Layout.WGMMA.reduce(1)  # one value per logits row
 COL = plgpu.Layout.WGMMA.reduce(0)  # one value per logits column
 
@@ -97,6 +104,7 @@ def _kernel(
     block_k,
     sm_scale,
     stages,
+    tiles_per_step,
     dtype,
 ):
     key_row, make_mask = walk
@@ -119,6 +127,11 @@ def _kernel(
         plgpu.barrier_arrive(schedule)
         plgpu.barrier_wait(schedule)
 
+    per = tiles_per_step
+
+    def steps_of(count):  # an item's steps; a list of odd length walks one padding tile at the end
+        return lax.div(count + per - 1, jnp.int32(per))
+
     @pl.when(wg < 2)
     def _compute():
         plgpu.set_max_registers(232, action="increase")
@@ -128,10 +141,11 @@ def _kernel(
             at = item_at(r)
             batch, head, qt = at
             count = counts_ref[at]
+            n_steps = steps_of(count)
             row0 = qt * CTA_ROWS + wg * WG_ROWS
             plgpu.copy_gmem_to_smem(q_ref.at[batch, pl.ds(row0, WG_ROWS), head], qo_smem, q_ready.at[wg])
             mask = make_mask(tables, at, row0) if make_mask is not None else None
-            meta = mask.stage1(0) if mask is not None else ()  # the pipeline's prologue
+            meta = tuple(mask.stage1(i) for i in range(per)) if mask is not None else ()  # the prologue
             plgpu.barrier_wait(q_ready.at[wg])
             m_i = plgpu.layout_cast(jnp.full((WG_ROWS,), -jnp.inf, jnp.float32), ROW)
             l_i = plgpu.layout_cast(jnp.full((WG_ROWS,), 0.0, jnp.float32), ROW)
@@ -139,55 +153,70 @@ def _kernel(
 
             @pl.when(count > 0)
             def _():
-                plgpu.barrier_wait(k_ready.at[ring(base)])
+                for i in range(per):
+                    plgpu.barrier_wait(k_ready.at[ring(base + i)])
 
             pl.when(wg == 1)(schedule_sync)
 
-            def step(j, carry):
+            def step(p, carry):
                 acc, m_i, l_i, meta = carry
-                slot = ring(base + j)
-                if mask is not None:  # stage 1 of tile j came a step earlier; issue stage 2 and tile j+1's
-                    first = meta
-                    second = mask.stage2(j, first)
-                    meta = mask.stage1(j + 1)
+                j0 = p * per  # this step's tiles: j0 .. j0 + per - 1
+                slots = [ring(base + j0 + i) for i in range(per)]
+                if mask is not None:  # stage 1 of these tiles came a step earlier; issue stage 2 and the next
+                    firsts = meta
+                    seconds = [mask.stage2(j0 + i, firsts[i]) for i in range(per)]
+                    meta = tuple(mask.stage1(j0 + per + i) for i in range(per))
 
-                def qk(acc_ref):
-                    plgpu.wgmma(acc_ref, qo_smem, k_smem.at[slot].transpose((1, 0)))
+                def qk(*acc_refs):
+                    for slot, acc_ref in zip(slots, acc_refs, strict=True):
+                        plgpu.wgmma(acc_ref, qo_smem, k_smem.at[slot].transpose((1, 0)))
                     schedule_sync()
-                    return acc_ref[...]
+                    return tuple(acc_ref[...] for acc_ref in acc_refs)
 
-                s = pl.run_scoped(qk, plgpu.ACC((WG_ROWS, block_k), jnp.float32))
-                plgpu.barrier_arrive(k_free.at[slot])
-                s = s * (sm_scale * LOG2E)
+                ss = pl.run_scoped(qk, *[plgpu.ACC((WG_ROWS, block_k), jnp.float32)] * per)
+                for slot in slots:
+                    plgpu.barrier_arrive(k_free.at[slot])
+                ss = [s * (sm_scale * LOG2E) for s in ss]
                 if mask is not None:
-                    s = mask.apply(first, second, s)
-                m_new = jnp.maximum(m_i, s.max(axis=1))
+                    ss = [mask.apply(firsts[i], seconds[i], s) for i, s in enumerate(ss)]
+                for i in range(1, per):  # the padding tile past an odd list's end sees nothing (0/1 trips)
+                    pad = (j0 + i >= count).astype(jnp.int32)
+                    ss[i] = lax.fori_loop(0, pad, lambda _, s: jnp.minimum(s, -jnp.inf), ss[i])
+                m_new = m_i
+                for s in ss:
+                    m_new = jnp.maximum(m_new, s.max(axis=1))
                 if mask is not None:  # a row masked everywhere so far keeps m = -inf: shift by 0 instead
                     m_use = jnp.where(m_new == -jnp.inf, 0.0, m_new)
                 else:
                     m_use = m_new
                 alpha = jnp.exp2(m_i - m_use)
-                p = jnp.exp2(s - lax.broadcast_in_dim(m_use, s.shape, [0]))
+                ps = [jnp.exp2(s - lax.broadcast_in_dim(m_use, s.shape, [0])) for s in ss]
                 acc = acc * lax.broadcast_in_dim(alpha, acc.shape, [0])
-                l_i = l_i * alpha + p.sum(axis=1)
-                p16 = p.astype(dtype)
+                l_i = l_i * alpha
+                for p_ in ps:
+                    l_i = l_i + p_.sum(axis=1)
+                p16 = tuple(p_.astype(dtype) for p_ in ps)
                 acc, l_i, m_new, p16 = lax.optimization_barrier((acc, l_i, m_new, p16))
                 plgpu.barrier_arrive(schedule)  # softmax done
-                plgpu.barrier_wait(v_ready.at[slot])
+                for slot in slots:
+                    plgpu.barrier_wait(v_ready.at[slot])
                 plgpu.barrier_wait(schedule)  # tensor cores free
 
                 def pv(acc_ref):
-                    plgpu.wgmma(acc_ref, p16, v_smem.at[slot])
+                    for slot, p_ in zip(slots, p16, strict=True):
+                        plgpu.wgmma(acc_ref, p_, v_smem.at[slot])
 
-                    @pl.when(j + 1 < count)
+                    @pl.when(p + 1 < n_steps)
                     def _():
-                        plgpu.barrier_wait(k_ready.at[ring(base + j + 1)])
+                        for i in range(per):
+                            plgpu.barrier_wait(k_ready.at[ring(base + j0 + per + i)])
 
                 acc = pl.run_state(pv)(plgpu.ACC.init(acc))
-                plgpu.barrier_arrive(v_free.at[slot])
+                for slot in slots:
+                    plgpu.barrier_arrive(v_free.at[slot])
                 return acc, m_new, l_i, meta
 
-            acc, m_i, l_i, _ = lax.fori_loop(0, count, step, (acc, m_i, l_i, meta))
+            acc, m_i, l_i, _ = lax.fori_loop(0, n_steps, step, (acc, m_i, l_i, meta))
             pl.when(wg == 0)(schedule_sync)
             # Rows that saw no key have l = 0 and acc = 0: output zeros, not NaN.
             acc = acc / lax.broadcast_in_dim(jnp.maximum(l_i, 1e-30), acc.shape, [0])
@@ -195,7 +224,7 @@ def _kernel(
             plgpu.commit_smem()
             plgpu.copy_smem_to_gmem(qo_smem, out_ref.at[batch, pl.ds(row0, WG_ROWS), head])
             plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # the buffer takes the next item's Q
-            return base + count
+            return base + n_steps * per
 
         lax.fori_loop(0, rounds, work, jnp.int32(0))
         plgpu.wait_smem_to_gmem(0)
@@ -207,10 +236,12 @@ def _kernel(
         def work(r, base):
             at = item_at(r)
             batch, head, _ = at
+            count = counts_ref[at]
+            walked = steps_of(count) * per  # with the padding tile (a copy of the last one)
 
-            @pl.loop(0, counts_ref[at])
+            @pl.loop(0, walked)
             def _(j):
-                rows = (batch, pl.ds(key_row(tables, at, j), block_k), head)
+                rows = (batch, pl.ds(key_row(tables, at, jnp.minimum(j, count - 1)), block_k), head)
                 t = base + j
                 slot = ring(t)
                 reuse = t >= stages  # the ring's first lap fills free slots
@@ -227,7 +258,7 @@ def _kernel(
 
                 plgpu.copy_gmem_to_smem(v_ref.at[rows], v_smem.at[slot], v_ready.at[slot])
 
-            return base + counts_ref[at]
+            return base + walked
 
         lax.fori_loop(0, rounds, work, jnp.int32(0))
 
@@ -277,6 +308,7 @@ def sparse_flash_mosaic(
     block_k: int,
     sm_scale: float,
     num_stages: int = 2,
+    tiles_per_step: int = 1,
     order: str = "head_lpt",
     num_programs: int | None = None,
     interpret: bool = False,
@@ -288,9 +320,21 @@ def sparse_flash_mosaic(
     The grid is persistent: ``num_programs`` CTAs (default one per SM) deal the work list of
     :func:`work_order` round-robin, and each carries its K/V ring across its items, so the producer
     streams the next item's first tiles while the compute warpgroups finish the current one.
+
+    ``tiles_per_step`` 2 walks the lists two tiles per softmax step (:data:`TILES_PER_STEP`); the ring then
+    holds at least 4 tiles.
     """
+    if tiles_per_step not in TILES_PER_STEP:
+        raise ValueError(f"tiles_per_step must be one of {TILES_PER_STEP}; got {tiles_per_step!r}")
     b, nq, h, d = q.shape
-    stages = max(2, num_stages)
+    stages = max(2 * tiles_per_step, num_stages)  # a step holds its tiles while the next ones load
+    smem = (2 * WG_ROWS + 2 * stages * block_k) * d * q.dtype.itemsize  # Q/O buffers + the K/V ring
+    if smem > SMEM_BYTES:
+        raise ValueError(
+            f"num_stages={stages} key tiles of {block_k}x{d} (tiles_per_step={tiles_per_step}) need "
+            f"{smem // 1024} KiB of shared memory, more than the {SMEM_BYTES // 1024} KiB a Hopper CTA has: "
+            "use fewer stages, block_k=64 or tiles_per_step=1"
+        )
     tiles = (plgpu.TilingTransform((8, 64)), plgpu.SwizzleTransform(128))
     counts = counts.astype(jnp.int32)
     order_arr = work_order(counts, order)
@@ -315,6 +359,7 @@ def sparse_flash_mosaic(
                 block_k=block_k,
                 sm_scale=sm_scale,
                 stages=stages,
+                tiles_per_step=tiles_per_step,
                 dtype=q.dtype,
             ),
             (

@@ -35,17 +35,27 @@ def _barycentre_order(pos_sum: Array, count: Array) -> Int[Array, "*G C"]:
 
 
 def seriate(
-    cluster_map: Bool[Array, "*G Cq Ck"], sweeps: int
+    cluster_map: Bool[Array, "*G Cq Ck"],
+    sweeps: int,
+    q_sizes: Int[Array, "*G Cq"] | None = None,
+    k_sizes: Int[Array, "*G Ck"] | None = None,
 ) -> tuple[Int[Array, "*G Cq"], Int[Array, "*G Ck"]]:
     """Orders of the query and key clusters (old cluster id at each new position) in which each query
     cluster's selected key clusters tend to be contiguous and neighbouring query clusters select alike.
 
     ``sweeps`` barycentre sweeps (key order, then query order, per sweep); ``0`` keeps label order.
-    Ties keep label order, so the result is deterministic.
+    Ties keep label order, so the result is deterministic. With the cluster sizes given, empty clusters go
+    last, like unselected ones: they have no rows, but between two clusters they would split what the
+    kernel sees as one run or one tile's cluster range (chunks spanning more key clusters and tiles more
+    query clusters than its packed-bit mask takes).
     """
     if isinstance(sweeps, bool) or not isinstance(sweeps, int) or sweeps < 0:
         raise ValueError(f"sweeps must be an int >= 0; got {sweeps!r}")
     *lead, cq, ck = cluster_map.shape
+    if q_sizes is not None:
+        cluster_map = cluster_map & (q_sizes > 0)[..., :, None]
+    if k_sizes is not None:
+        cluster_map = cluster_map & (k_sizes > 0)[..., None, :]
     q_order = jnp.broadcast_to(jnp.arange(cq, dtype=jnp.int32), (*lead, cq))
     k_order = jnp.broadcast_to(jnp.arange(ck, dtype=jnp.int32), (*lead, ck))
     if sweeps == 0:

@@ -294,7 +294,7 @@ def svg2_plan(
     )
     recall = jnp.sum(q_sizes * selected_mass(probs, cmap), axis=-1) / nv  # [B, H]
     # Lay the clusters out so that selected pairs are contiguous (fewer kernel chunks, same attention).
-    q_order, k_order = seriate(cmap, config.layout_sweeps)
+    q_order, k_order = seriate(cmap, config.layout_sweeps, q_sizes, k_sizes)
     q_lab, k_lab = relabel(q_lab, q_order), relabel(k_lab, k_order)
     q_perm, k_perm = regroup(q_sorted, q_sizes, q_order), regroup(k_sorted, k_sizes, k_order)  # no new sort
     q_sizes, k_sizes = reorder(q_sizes, q_order, -1), reorder(k_sizes, k_order, -1)

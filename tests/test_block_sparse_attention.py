@@ -161,10 +161,14 @@ def test_gpu_mosaic_matches_reference(dtype, b, h, n, m, d, block_k, density):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("order", ["head_lpt", "head", "lpt", "interleave"])
-@pytest.mark.parametrize("programs, block_k, stages", [(3, 64, 2), (5, 128, 2), (2, 64, 3)])
-def test_gpu_mosaic_persistent_ring_across_items(order, programs, block_k, stages):
+@pytest.mark.parametrize(
+    "programs, block_k, stages, per_step",
+    [(3, 64, 2, 1), (5, 128, 2, 1), (2, 64, 3, 1), (3, 64, 4, 2), (2, 64, 5, 2)],
+)
+def test_gpu_mosaic_persistent_ring_across_items(order, programs, block_k, stages, per_step):
     """Few persistent CTAs, each dealt many items of uneven (and zero) length: the K/V ring, the barrier
-    phases and the Q/O buffer carry across items, in every work order."""
+    phases and the Q/O buffer carry across items, in every work order; with two tiles per step, lists of
+    odd length end on a padding tile."""
     require_hopper()
     from svg_jax.pallas_kernels.block_sparse_attn_mosaic import block_sparse_attention_mosaic
 
@@ -172,7 +176,9 @@ def test_gpu_mosaic_persistent_ring_across_items(order, programs, block_k, stage
     q, k, v = random_qkv(14, b, n, m, h, d, jnp.bfloat16)
     idx, cnt = random_lists(15, b, h, -(-n // 128), -(-m // block_k), 0.5)
     cnt = cnt.at[0, 1].set(0).at[1, :, 3].set(1)  # whole heads of empty lists, and single tiles
-    opts = dict(block_k=block_k, num_stages=stages, num_programs=programs, order=order)
+    opts = dict(
+        block_k=block_k, num_stages=stages, tiles_per_step=per_step, num_programs=programs, order=order
+    )
     fn = functools.partial(block_sparse_attention_mosaic, sm_scale=d**-0.5, **opts)
     out = jax.jit(fn)(q, k, v, idx, cnt)
     ref = block_sparse_attention_reference(q, k, v, idx, cnt, block_q=128, block_k=block_k)
@@ -195,4 +201,24 @@ def test_mosaic_refuses_unsupported_inputs(dtype, d, block_q, block_k, match):
     with pytest.raises(ValueError, match=match):
         block_sparse_attention(
             q, k, v, idx, cnt, block_q=block_q, block_k=block_k, implementation="pallas_mosaic"
+        )
+
+
+@pytest.mark.parametrize(
+    "block_k, stages, per_step, match",
+    [
+        (64, 2, 3, "tiles_per_step must be one of"),
+        (128, 2, 2, "KiB of shared memory"),  # 4 slots of 128 rows: 288 KiB
+        (64, 8, 1, "KiB of shared memory"),
+    ],
+)
+def test_mosaic_engine_refuses_bad_step_or_ring(block_k, stages, per_step, match):
+    """The engine's own arguments are checked before anything is traced (runs on the CPU)."""
+    from svg_jax.pallas_kernels.block_sparse_attn_mosaic import block_sparse_attention_mosaic
+
+    q, k, v = random_qkv(16, 1, 256, 256, 1, 128, jnp.bfloat16)
+    idx, cnt = block_mask_to_indices(jnp.ones((1, 1, 2, 256 // block_k), bool))
+    with pytest.raises(ValueError, match=match):
+        block_sparse_attention_mosaic(
+            q, k, v, idx, cnt, block_k=block_k, sm_scale=0.1, num_stages=stages, tiles_per_step=per_step
         )

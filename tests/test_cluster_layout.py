@@ -73,6 +73,26 @@ def test_block_map_with_shuffled_labels_becomes_contiguous():
     assert int(after) < 0.75 * int(before), (int(after), int(before))
 
 
+def test_empty_clusters_go_last():
+    """With sizes, empty clusters (no rows) are placed after every cluster with a selected pair, and the
+    others are laid out as if the empty ones did not exist."""
+    rng = np.random.default_rng(1)
+    cq, ck = 10, 16
+    cmap = jnp.asarray(rng.random((2, cq, ck)) < 0.4)
+    q_sizes = jnp.asarray(rng.integers(1, 9, (2, cq))).at[:, ::3].set(0)
+    k_sizes = jnp.asarray(rng.integers(1, 9, (2, ck))).at[:, 1::4].set(0)
+    q_order, k_order = seriate(cmap, 2, q_sizes, k_sizes)
+    keep = cmap & (q_sizes > 0)[..., :, None] & (k_sizes > 0)[..., None, :]
+    for order, sizes, paired in ((q_order, q_sizes, keep.any(-1)), (k_order, k_sizes, keep.any(-2))):
+        empty = np.asarray(jnp.take_along_axis(sizes, order, axis=-1) == 0)
+        used = np.asarray(jnp.take_along_axis(paired, order, axis=-1))
+        for e, u in zip(empty, used, strict=True):
+            assert e.any() and np.flatnonzero(e).min() > np.flatnonzero(u).max()
+    want = seriate(keep, 2)
+    np.testing.assert_array_equal(np.asarray(want[0]), np.asarray(q_order))
+    np.testing.assert_array_equal(np.asarray(want[1]), np.asarray(k_order))
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="sweeps"):
         seriate(jnp.ones((3, 4), bool), -1)

@@ -245,6 +245,7 @@ def test_padded_operands_are_read_in_place(implementation):
         (1, 4, 4100, 4100, 128, 30, 100, 64, 0.13),  # video-like: 300x1000-style small clusters
         (1, 2, 2000, 2000, 128, 20, 60, 64, 1.0),  # everything selected: equals dense attention
         (1, 2, 600, 600, 64, 60, 200, 64, 0.3),  # tiny clusters: tiles past the packed-bit fast path
+        (1, 2, 700, 650, 128, 150, 500, 64, 0.4),  # chunks spanning > 32 key clusters: several bit windows
     ],
 )
 def test_gpu_mosaic_matches_reference(dtype, b, h, n, m, d, cq, ck, block_k, density):
@@ -265,9 +266,10 @@ def test_gpu_mosaic_matches_reference(dtype, b, h, n, m, d, cq, ck, block_k, den
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("order", ["head_lpt", "interleave"])
-@pytest.mark.parametrize("programs, block_k", [(3, 64), (4, 128)])
-def test_gpu_mosaic_persistent_ring_across_items(order, programs, block_k):
-    """Few persistent CTAs dealt many items each (some with no chunks): same result as the oracle."""
+@pytest.mark.parametrize("programs, block_k, per_step", [(3, 64, 1), (4, 128, 1), (3, 64, 2)])
+def test_gpu_mosaic_persistent_ring_across_items(order, programs, block_k, per_step):
+    """Few persistent CTAs dealt many items each (some with no chunks): same result as the oracle, also
+    walking two chunks per step (odd lists end on a padding chunk)."""
     require_hopper()
     from svg_jax.pallas_kernels.cluster_sparse_attn_mosaic import cluster_sparse_attention_mosaic
 
@@ -276,7 +278,7 @@ def test_gpu_mosaic_persistent_ring_across_items(order, programs, block_k):
     qs, ks, cmap = random_problem(25, b, n, m, h, cq, ck, 0.3)
     cmap = cmap.at[:, :, :3].set(False)  # the first query clusters select nothing: empty tiles
     plan = cluster_tile_plan(qs, ks, cmap, num_q=n, num_k=m, block_q=128, block_k=block_k, row_align=8)
-    opts = dict(sm_scale=d**-0.5, num_programs=programs, order=order)
+    opts = dict(sm_scale=d**-0.5, num_programs=programs, order=order, tiles_per_step=per_step)
     fn = functools.partial(cluster_sparse_attention_mosaic, **opts)
     out = jax.jit(fn)(q, k, v, plan)
     ref = jax.jit(cluster_sparse_attention_reference)(q, k, v, qs, ks, cmap)
@@ -328,3 +330,18 @@ def test_tile_words_pack_the_fast_path_map():
                         u, kc = lo[0, hi, t] + s, j + i
                         want = full[0, hi, u, kc] if u <= cq and kc <= ck else 0
                         assert (words[0, hi, t, j] >> (FAST_Q * i + s)) & 1 == want
+
+
+@pytest.mark.parametrize("ck", [1, 31, 32, 70])
+def test_map_bitset_holds_every_map_entry(ck):
+    """The slow path's bit sets: bit ``i`` of word ``w`` of row ``u`` is ``map[u, 32·w + i]``, and the
+    extra last word (and every bit past the map) is zero."""
+    from svg_jax.pallas_kernels.cluster_sparse_attn_mosaic import map_bitset
+
+    cmap = jax.random.bernoulli(jax.random.key(ck), 0.4, (2, 3, 5, ck))
+    bits = np.asarray(map_bitset(cmap)).view(np.uint32)
+    assert bits.shape == (2, 3, 5, -(-ck // 32) + 1) and bits.dtype == np.uint32
+    unpacked = (bits[..., None] >> np.arange(32, dtype=np.uint32)) & 1
+    unpacked = unpacked.reshape(*bits.shape[:-1], -1)
+    np.testing.assert_array_equal(unpacked[..., :ck], np.asarray(cmap))
+    assert not unpacked[..., ck:].any()
