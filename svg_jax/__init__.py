@@ -21,6 +21,7 @@ __all__ = [
     "AttentionConfig",
     "AttentionState",
     "AttentionStats",
+    "HunyuanPrompt",
     "KMeansResult",
     "SVG1Config",
     "SVG1Stats",
@@ -44,4 +45,8 @@ def __getattr__(name: str):
         from .loading import load
 
         return load
+    if name == "HunyuanPrompt":
+        from .denoisers import HunyuanPrompt
+
+        return HunyuanPrompt
     raise AttributeError(f"module 'svg_jax' has no attribute {name!r}")

@@ -200,8 +200,8 @@ def prepare(req: GenerateRequest) -> Inputs:
     if family != "WanTransformer3DModel":
         raise GenerateError(
             f"--checkpoint {req.checkpoint} holds a {family}; svg-jax generate runs Wan 2.1 checkpoints "
-            "only (the HunyuanVideo transformer is ported, its sampling pipeline is not yet: call the "
-            "model with svg_jax.make_attn_fn from Python, as benchmarks/e2e_hunyuan.py does)"
+            "only (HunyuanVideo's text encoders and VAE are not ported: sample it from Python with "
+            "svg_jax.sampling.sample and svg_jax.HunyuanPrompt embeddings, see the README)"
         )
     config = WanConfig.from_diffusers_config(raw)
     _check_sizes(req, config)

@@ -9,9 +9,10 @@ scheduler's multistep state and the :class:`~svg_jax.attention.AttentionState`, 
 thus flows from step to step and from the conditional to the unconditional pass (the official sharing,
 see ``svg_jax/attention.py``).
 
-Model families differ in how they run guidance. Wan (the port that exists) runs the conditional and the
-unconditional pass as two separate forwards and blends ``uncond + g·(cond − uncond)`` (diffusers'
-``WanPipeline``); guidance is on when ``guidance_scale > 1``, as in diffusers.
+Classifier-free guidance runs the conditional and the unconditional pass as two separate forwards and
+blends ``uncond + g·(cond − uncond)`` (diffusers' ``WanPipeline``, and ``HunyuanVideoPipeline``'s
+``true_cfg_scale``); it is on when ``guidance_scale > 1``, as in diffusers. How each model family is called
+(its conditioning, token layout, embedded guidance) is :mod:`svg_jax.denoisers`: Wan 2.1 and HunyuanVideo.
 """
 
 import dataclasses
@@ -25,9 +26,10 @@ import jax.numpy as jnp
 from flax import nnx
 from jaxtyping import Array, Float
 
+from svg_jax import denoisers
 from svg_jax.attention import AttentionConfig, AttentionStats, init_attention_state, make_attn_fn
-from svg_jax.layout import VideoLayout
-from svg_jax.models import WanTransformer3DModel
+from svg_jax.denoisers import HunyuanPrompt, video_layout
+from svg_jax.models import HunyuanVideoTransformer3DModel, WanTransformer3DModel
 from svg_jax.schedulers import Scheduler
 
 log = logging.getLogger(__name__)
@@ -55,13 +57,6 @@ class SamplingResult:
         return jnp.mean(self.stats.density, axis=tuple(range(1, self.stats.density.ndim)))
 
 
-def video_layout(model: WanTransformer3DModel, latent_shape: tuple[int, ...]) -> VideoLayout:
-    """The self-attention token layout of ``model`` on latents of ``latent_shape`` ``[B, C, F, H, W]``."""
-    pt, ph, pw = model.config.patch_size
-    _, _, f, h, w = latent_shape
-    return VideoLayout(num_frames=f // pt, tokens_per_frame=(h // ph) * (w // pw))
-
-
 def _check_args(
     *,
     model,
@@ -74,11 +69,17 @@ def _check_args(
     attention,
     seed,
     condition,
+    image_embeds,
+    embedded_guidance_scale,
     **_,
 ) -> None:
-    if not isinstance(model, WanTransformer3DModel):
+    if not isinstance(model, denoisers.FAMILIES):
+        names = " or ".join(f.__name__ for f in denoisers.FAMILIES)
+        raise ValueError(f"model must be a {names}; got {type(model).__name__}")
+    denoisers.check_guidance(model, embedded_guidance_scale)
+    if denoisers.is_hunyuan(model) and (condition is not None or image_embeds is not None):
         raise ValueError(
-            f"model must be a WanTransformer3DModel (the ported family so far); got {type(model).__name__}"
+            "condition / image_embeds are for Wan I2V; the HunyuanVideo port is text-to-video: pass None"
         )
     if not isinstance(attention, AttentionConfig):
         raise ValueError(f"attention must be an AttentionConfig; got {type(attention).__name__}")
@@ -113,8 +114,7 @@ def _check_args(
             f"condition must be [B={b}, Cc, {', '.join(map(str, latents.shape[2:]))}] (concatenated to the "
             f"latents on the channel axis); got shape {condition.shape}"
         )
-    if jnp.ndim(prompt_embeds) != 3 or prompt_embeds.shape[0] != b:
-        raise ValueError(f"prompt_embeds must be [B={b}, L, D]; got shape {jnp.shape(prompt_embeds)}")
+    denoisers.check_prompt(model, "prompt_embeds", prompt_embeds, b)
     if guidance_scale > 1.0:
         if negative_embeds is None:
             raise ValueError(
@@ -122,10 +122,12 @@ def _check_args(
                 "negative_embeds (the text-encoder output of the negative prompt; diffusers uses '' by "
                 "default); pass them, or guidance_scale=1 to sample without guidance"
             )
-        if jnp.shape(negative_embeds) != jnp.shape(prompt_embeds):
+        denoisers.check_prompt(model, "negative_embeds", negative_embeds, b)
+        shape = lambda p: jax.tree.map(jnp.shape, p)
+        if shape(negative_embeds) != shape(prompt_embeds):
             raise ValueError(
-                f"negative_embeds must have the shape of prompt_embeds {prompt_embeds.shape}; got "
-                f"{jnp.shape(negative_embeds)} (zero-pad both to the same length)"
+                f"negative_embeds must have the shapes of prompt_embeds {shape(prompt_embeds)}; got "
+                f"{shape(negative_embeds)} (zero-pad both to the same length)"
             )
 
 
@@ -151,25 +153,24 @@ def _run_phase(
     callback,
 ):
     """One compiled phase: ``lax.scan`` over the traced step indices ``steps``."""
-    prompt, negative, image, condition = context
+    prompt, negative, image, condition, guidance = context
 
     def one_step(carry, i):
         x, sched_state, attn_state = carry
         model = nnx.merge(graphdef, params)
-        attn_fn = make_attn_fn(attention, layout=layout, step=i, phase=phase)
+        attn_fn_for = lambda text: make_attn_fn(attention, layout=layout, step=i, phase=phase, text=text)
         t = schedule.timesteps[i]
         xin = x if condition is None else jnp.concatenate([x, condition.astype(x.dtype)], axis=1)
         xin = xin.astype(model.dtype)
         tb = jnp.broadcast_to(t, (x.shape[0],))
-        out, attn_state, stats = model(
-            xin, tb, prompt, image, attn_fn=attn_fn, attn_state=attn_state, return_attention=True
+        call = functools.partial(
+            denoisers.denoise, model, xin, tb, image=image, attn_fn_for=attn_fn_for, guidance=guidance
         )
+        out, attn_state, stats = call(prompt, attn_state=attn_state)
         out = out.astype(jnp.float32)
         passes = [stats]
         if guided:
-            uncond, attn_state, stats_u = model(
-                xin, tb, negative, image, attn_fn=attn_fn, attn_state=attn_state, return_attention=True
-            )
+            uncond, attn_state, stats_u = call(negative, attn_state=attn_state)
             out = uncond.astype(jnp.float32) + guidance_scale * (out - uncond.astype(jnp.float32))
             passes.append(stats_u)
         stats = jax.tree.map(lambda *a: jnp.stack(a), *passes)  # [P, L, ...]
@@ -182,12 +183,13 @@ def _run_phase(
 
 
 def sample(
-    model: WanTransformer3DModel,
+    model: WanTransformer3DModel | HunyuanVideoTransformer3DModel,
     *,
     latents: Float[Array, "B C F H W"],
-    prompt_embeds: Float[Array, "B L Dt"],
-    negative_embeds: Float[Array, "B L Dt"] | None = None,
+    prompt_embeds: Float[Array, "B L Dt"] | HunyuanPrompt,
+    negative_embeds: Float[Array, "B L Dt"] | HunyuanPrompt | None = None,
     guidance_scale: float,
+    embedded_guidance_scale: float | None = None,
     num_steps: int,
     scheduler: Scheduler,
     attention: AttentionConfig,
@@ -198,9 +200,12 @@ def sample(
 ) -> SamplingResult:
     """Denoise ``latents`` (the initial noise, float32) into final latents.
 
-    ``prompt_embeds`` / ``negative_embeds``: text-encoder outputs (zero-padded to one length).
-    ``guidance_scale > 1`` runs classifier-free guidance. ``scheduler``: a ``svg_jax.schedulers``
-    config (Wan: ``UniPCMultistepScheduler``). ``attention``: dense, SVG1 or SVG2 with its dense
+    ``prompt_embeds`` / ``negative_embeds``: text-encoder outputs (zero-padded to one length; for
+    HunyuanVideo a :class:`~svg_jax.denoisers.HunyuanPrompt`). ``guidance_scale > 1`` runs
+    classifier-free guidance. ``embedded_guidance_scale``: the guidance-distilled HunyuanVideo's input
+    (diffusers' ``guidance_scale``, default 6.0 there; None for Wan). ``scheduler``: a
+    ``svg_jax.schedulers`` config (Wan: ``UniPCMultistepScheduler``, HunyuanVideo:
+    ``FlowMatchEulerDiscreteScheduler(shift=7.0)``). ``attention``: dense, SVG1 or SVG2 with its dense
     warm-up schedule. ``seed`` seeds SVG1's profiling rows and SVG2's cold-start centroids (the latent
     noise is the caller's). I2V: ``image_embeds`` are the CLIP image tokens and ``condition`` the
     ``[mask, image latents]`` channels concatenated to the latents at every step. ``callback(step,
@@ -208,26 +213,31 @@ def sample(
     transfer per step).
     """
     _check_args(**locals())  # every argument, by name
-    cfg = model.config
     guided = guidance_scale > 1.0
-    layout = video_layout(model, latents.shape)
+    layout = video_layout(model, latents.shape, prompt_embeds)
     schedule = scheduler.set_timesteps(num_steps)
     latents = jnp.array(latents, jnp.float32, copy=True)  # the loop donates its carry, not the caller's array
+    layers, heads, head_dim = denoisers.attention_dims(model)
     attn_state = init_attention_state(
         attention,
-        num_layers=cfg.num_layers,
+        num_layers=layers,
         batch=latents.shape[0],
-        heads=cfg.num_attention_heads,
-        head_dim=cfg.attention_head_dim,
+        heads=heads,
+        head_dim=head_dim,
         key=jax.random.key(seed),
     )
     carry = (latents, scheduler.init_state(schedule, latents), attn_state)
     dtype = model.dtype
+    cast = lambda p: p.cast(dtype) if isinstance(p, HunyuanPrompt) else jnp.asarray(p, dtype)
+    guidance = None  # HunyuanVideo's embedded guidance input, diffusers' guidance_scale·1000
+    if embedded_guidance_scale is not None:
+        guidance = jnp.full((latents.shape[0],), embedded_guidance_scale * 1000.0, jnp.float32).astype(dtype)
     context = (
-        jnp.asarray(prompt_embeds, dtype),
-        jnp.asarray(negative_embeds, dtype) if guided else None,
+        cast(prompt_embeds),
+        cast(negative_embeds) if guided else None,
         None if image_embeds is None else jnp.asarray(image_embeds, dtype),
         None if condition is None else jnp.asarray(condition, jnp.float32),
+        guidance,
     )
     graphdef, params = nnx.split(model)
     dense_steps = num_steps if attention.method == "dense" else min(attention.dense_steps, num_steps)

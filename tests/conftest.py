@@ -29,3 +29,24 @@ def pytest_collection_modifyitems(config, items):
 def interpret(request) -> bool:
     """Run a kernel test in Pallas interpret mode (CPU) and compiled on the GPU."""
     return request.param
+
+
+@pytest.fixture(scope="module")
+def converted_model(tmp_path_factory):
+    """``get(src, dtype="fp32")``: the diffusers checkpoint folder ``src`` converted by the real converter
+    and loaded (compute dtype = storage dtype), once per module and source."""
+    import jax.numpy as jnp
+
+    from svg_jax.convert import convert_checkpoint
+    from svg_jax.loading import load
+
+    cache: dict = {}
+
+    def get(src, dtype: str = "fp32"):
+        if (src, dtype) not in cache:
+            dst = tmp_path_factory.mktemp("ckpt") / "model"
+            convert_checkpoint(src, dst, dtype=dtype, progress=False)
+            cache[src, dtype] = load(dst, dtype={"fp32": jnp.float32, "bf16": jnp.bfloat16}[dtype])[0]
+        return cache[src, dtype]
+
+    return get

@@ -42,7 +42,7 @@ INTERNAL = {
 }
 # svg_jax pipeline modules: the only svg_jax files that may use models and convert, and that method
 # files may not import.
-PIPELINE = {"cli", "embeddings", "generate", "loading", "presets", "sampling", "schedulers"}
+PIPELINE = {"cli", "denoisers", "embeddings", "generate", "loading", "presets", "sampling", "schedulers"}
 
 
 def _is_pipeline(path: pathlib.Path) -> bool:

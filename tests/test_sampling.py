@@ -14,8 +14,6 @@ import pytest
 from safetensors.numpy import load_file
 
 from svg_jax import AttentionConfig, SVG1Config, SVG2Config, sampling
-from svg_jax.convert import convert_checkpoint
-from svg_jax.loading import load
 from svg_jax.sampling import sample
 from svg_jax.schedulers import UniPCMultistepScheduler
 
@@ -54,10 +52,8 @@ def rel_err(ours, ref) -> float:
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    dst = tmp_path_factory.mktemp("ckpt") / "t2v"
-    convert_checkpoint(FIXTURES / "wan" / "t2v" / "diffusers", dst, dtype="fp32", progress=False)
-    return load(dst, dtype=jnp.float32)[0]
+def model(converted_model):
+    return converted_model(FIXTURES / "wan" / "t2v" / "diffusers")
 
 
 def golden(name: str) -> dict:
@@ -89,7 +85,8 @@ def test_dense_sampling_matches_diffusers_wan_pipeline(model, case):
 
 
 def test_each_phase_compiles_once_and_steps_run_on_device(model, monkeypatch):
-    """make_attn_fn is called once per trace: two phases → two traces, whatever the step count."""
+    """make_attn_fn is called once per pass and trace: two phases × (cond, uncond) → four calls, whatever
+    the step count, and none on a second sampling call."""
     calls = []
     real = sampling.make_attn_fn
     monkeypatch.setattr(
@@ -103,7 +100,7 @@ def test_each_phase_compiles_once_and_steps_run_on_device(model, monkeypatch):
 
     result = run(model, "wan_t2v_cfg", config, callback=callback)
     jax.block_until_ready(result.latents)
-    assert sorted(calls) == ["dense", "sparse"], calls
+    assert sorted(calls) == ["dense", "dense", "sparse", "sparse"], calls
     assert [i for i, _ in steps] == list(range(CASES["wan_t2v_cfg"]["steps"]))
     # Dense warm-up steps report density 1, sparse steps less (layer 0 stays dense).
     assert all(d == 1.0 for _, d in steps[:2]) and all(d < 1.0 for _, d in steps[2:])

@@ -66,11 +66,7 @@ def run_case(transformer, name: str, steps: int, guidance: float, shift: float, 
             negative_prompt_embeds=negative if guidance > 1.0 else None,
             guidance_scale=guidance,
             num_inference_steps=steps,
-            height=16 * 8,
-            width=16 * 8,
-            num_frames=(frames - 1) * 4 + 1,
-            latents=latents.clone(),
-            output_type="latent",
+            **latent_io(latents),
             callback_on_step_end=record,
             callback_on_step_end_tensor_inputs=["latents"],
         ).frames
@@ -99,12 +95,25 @@ def main() -> None:
     cases = {}
     for seed, (name, steps, guidance, shift, frames) in enumerate(CASES):
         cases[name] = run_case(transformer, name, steps, guidance, shift, frames, seed)
+    write_cases(OUT / "cases.json", cases, MODEL)
+
+
+def latent_io(latents: torch.Tensor) -> dict:
+    """The pipeline arguments that start from ``latents`` ``[B, C, F, H, W]`` and stop at the latents (the
+    VAE's 4× temporal and 8× spatial compression give the video size it checks)."""
+    _, _, f, h, w = latents.shape
+    size = dict(height=h * 8, width=w * 8, num_frames=(f - 1) * 4 + 1)
+    return size | dict(latents=latents.clone(), output_type="latent")
+
+
+def write_cases(path: pathlib.Path, cases: dict, model: pathlib.Path) -> None:
+    """The settings of every case, with the versions that made them (also for the HunyuanVideo tool)."""
     meta = {
         "diffusers": diffusers.__version__,
         "torch": torch.__version__,
-        "model": str(MODEL.relative_to(ROOT)),
+        "model": str(model.relative_to(ROOT)),
     }
-    with open(OUT / "cases.json", "w") as f:
+    with open(path, "w") as f:
         json.dump({"versions": meta, "cases": cases}, f, indent=1)
 
 
