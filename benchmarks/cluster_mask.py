@@ -7,11 +7,14 @@ Same problems as ``mosaic_steps.py`` (B1 H40 N75600 D128 bf16: the SVG2 preset's
 
 * the chunk mix: the share of chunks that need no mask (interior of a uniform run), only the run's column
   mask (a run's first or last chunk), the packed-bit mask of mixed chunks, or the rectangle loop;
-* the kernel time (GPU, profiled) of the shipped kernel and of two ablations that compute something else
-  (timing only): every chunk treated as uniform (no per-row mask), and no mask at all. Their gaps bound
-  what a cheaper mask could win;
-* ``--baseline MODULE``: also time ``MODULE.cluster_mask`` (or ``_cluster_mask``), e.g. an older kernel
-  kept in a scratch file, against the shipped one (with the relative error between their outputs).
+* the kernel time (GPU, profiled) of the shipped kernel, of the variants that apply the run mask or both
+  masks to every chunk instead of branching, and of ablations that compute something else (timing only):
+  the slow path replaced by the packed-bit mask, every chunk treated as uniform (no per-row mask), and no
+  mask at all. Their gaps bound what a cheaper mask could win;
+* ``--baseline MODULE``: also time ``MODULE.cluster_mask`` (or ``_cluster_mask``), e.g. an older mask
+  kept in a scratch file, against the shipped one (with the relative error between their outputs). It
+  must read the same tables as the shipped mask;
+* ``--layout-without-sizes``: also the SVG2 plan laid out as before empty clusters went last.
 """
 
 import argparse

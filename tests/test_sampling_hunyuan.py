@@ -106,3 +106,73 @@ def test_prompt_shapes_are_checked(model):
     short_mask = HunyuanPrompt(g["prompt_embeds"], g["prompt_mask"][:, :5], g["pooled"])
     with pytest.raises(ValueError, match=r"prompt_embeds: embeds, mask and pooled must be"):
         run(model, "hunyuan_embedded", AttentionConfig(method="dense"), prompt_embeds=short_mask)
+
+
+def test_svg2_full_selection_masks_padded_text_exactly(model):
+    """SVG2's text pseudo-clusters (prompt, padding) mask padded text keys per element: with padded
+    prompts of two lengths (cond / uncond) and every pair selected it still samples like dense."""
+    dense = run(model, "hunyuan_true_cfg", AttentionConfig(method="dense"))
+    sparse = run(model, "hunyuan_true_cfg", AttentionConfig(method="svg2", svg2=SVG2_EXACT))
+    assert rel_err(sparse.latents, dense.latents) <= 1e-5
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("method, padded", [("svg1", False), ("svg2", True)])
+def test_gpu_sampling_with_compiled_kernels_equals_dense_at_full_selection(method, padded):
+    """On a GPU the sparse phase runs the Pallas kernels over [video, text]: at exact settings HunyuanVideo
+    samples like dense (bf16). SVG1 with unpadded prompts (its tile-granular text mask), SVG2 padded."""
+    import jax
+    from flax import nnx
+
+    from svg_jax.models import HunyuanVideoConfig, HunyuanVideoTransformer3DModel
+
+    config = HunyuanVideoConfig(
+        in_channels=16,
+        out_channels=16,
+        num_attention_heads=2,
+        attention_head_dim=64,
+        num_layers=1,
+        num_single_layers=1,
+        num_refiner_layers=1,
+        text_embed_dim=32,
+        pooled_projection_dim=16,
+        rope_axes_dim=(16, 24, 24),
+    )
+    model = nnx.jit(lambda: HunyuanVideoTransformer3DModel(config, rngs=nnx.Rngs(0), dtype=jnp.bfloat16))()
+    keys = jax.random.split(jax.random.key(0), 5)
+    latents = jax.random.normal(keys[0], (1, 16, 4, 32, 32))  # 4 frames × 256 tokens, + 16 text slots
+
+    def prompt(k1, k2, valid):
+        mask = (jnp.arange(16) < (valid if padded else 16)).astype(jnp.int32)[None]
+        return HunyuanPrompt(jax.random.normal(k1, (1, 16, 32)), mask, jax.random.normal(k2, (1, 16)))
+
+    attention = {
+        "svg1": AttentionConfig(method="svg1", svg1=SVG1Config(density=1.0, dense_steps=1, dense_layers=1)),
+        "svg2": AttentionConfig(
+            method="svg2",
+            svg2=SVG2Config(
+                num_q_clusters=16,
+                num_k_clusters=32,
+                top_p=1.0,
+                min_k_cluster_ratio=0.0,
+                kmeans_init_iters=10,
+                kmeans_warm_iters=2,
+                dense_steps=1,
+                dense_layers=1,
+            ),
+        ),  # fmt: skip
+    }[method]
+    common = dict(
+        latents=latents,
+        prompt_embeds=prompt(keys[1], keys[2], 11),
+        negative_embeds=prompt(keys[3], keys[4], 5),
+        guidance_scale=3.0,
+        embedded_guidance_scale=6.0,
+        num_steps=4,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0),
+    )
+    dense = sample(model, attention=AttentionConfig(method="dense"), **common)
+    sparse = sample(model, attention=attention, **common)
+    err = float(jnp.linalg.norm(sparse.latents - dense.latents) / jnp.linalg.norm(dense.latents))
+    assert err < 2e-2, err
+    assert np.asarray(sparse.stats.dense)[1:, :, 1].sum() == 0  # the method ran in layer 1
