@@ -12,8 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from safetensors.numpy import load_file
+from sampling_utils import DENSE, SVG1_EXACT, SVG2_EXACT, assert_compiled_sparse_samples_like_dense
 
-from svg_jax import AttentionConfig, SVG1Config, SVG2Config, sampling
+from svg_jax import AttentionConfig, SVG2Config, sampling
 from svg_jax.sampling import sample
 from svg_jax.schedulers import UniPCMultistepScheduler
 
@@ -21,19 +22,6 @@ FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 CASES = json.loads((FIXTURES / "sampling" / "cases.json").read_text())["cases"]
 PARITY_TOL = 1e-4  # issue #6: final latents, float32, relative to max |diffusers|
 
-DENSE = AttentionConfig(method="dense")
-# Exact sparse settings (density-1 band; top-p 1 keeps every cluster pair): sampling must equal dense.
-SVG1_EXACT = SVG1Config(density=1.0, block_size=16, num_sampled_rows=8, dense_steps=1, dense_layers=1)
-SVG2_EXACT = SVG2Config(
-    num_q_clusters=4,
-    num_k_clusters=8,
-    top_p=1.0,
-    min_k_cluster_ratio=0.0,
-    kmeans_init_iters=6,
-    kmeans_warm_iters=2,
-    dense_steps=1,
-    dense_layers=1,
-)
 SVG2_REAL = SVG2Config(
     num_q_clusters=4,
     num_k_clusters=8,
@@ -191,22 +179,6 @@ def test_gpu_sampling_with_compiled_kernels_equals_dense_at_full_density(method)
     keys = jax.random.split(jax.random.key(0), 3)
     latents = jax.random.normal(keys[0], (1, 16, 4, 32, 32))  # 4 frames × 256 tokens
     prompt, negative = (jax.random.normal(k, (1, 16, 32)) for k in keys[1:])
-    attention = {
-        "svg1": AttentionConfig(method="svg1", svg1=SVG1Config(density=1.0, dense_steps=1, dense_layers=1)),
-        "svg2": AttentionConfig(
-            method="svg2",
-            svg2=SVG2Config(
-                num_q_clusters=16,
-                num_k_clusters=32,
-                top_p=1.0,
-                min_k_cluster_ratio=0.0,
-                kmeans_init_iters=10,
-                kmeans_warm_iters=2,
-                dense_steps=1,
-                dense_layers=1,
-            ),
-        ),
-    }[method]
     common = dict(
         latents=latents,
         prompt_embeds=prompt,
@@ -215,11 +187,7 @@ def test_gpu_sampling_with_compiled_kernels_equals_dense_at_full_density(method)
         num_steps=4,
         scheduler=UniPCMultistepScheduler(flow_shift=3.0),
     )
-    dense = sample(model, attention=DENSE, **common)
-    sparse = sample(model, attention=attention, **common)
-    err = float(jnp.linalg.norm(sparse.latents - dense.latents) / jnp.linalg.norm(dense.latents))
-    assert err < 2e-2, err
-    assert np.asarray(sparse.stats.dense)[1:, :, 1].sum() == 0  # the method ran in layer 1
+    assert_compiled_sparse_samples_like_dense(model, method, **common)
 
 
 @pytest.mark.parametrize("scheduler", ["flow_euler", "cogvideox_ddim"])

@@ -9,18 +9,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from safetensors.numpy import load_file
+from sampling_utils import SVG1_EXACT, SVG2_EXACT, assert_compiled_sparse_samples_like_dense
 
-from svg_jax import AttentionConfig, HunyuanPrompt, SVG1Config, SVG2Config
+from svg_jax import AttentionConfig, HunyuanPrompt
 from svg_jax.sampling import sample
 from svg_jax.schedulers import FlowMatchEulerDiscreteScheduler
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 CASES = json.loads((FIXTURES / "sampling" / "hunyuan_cases.json").read_text())["cases"]
 PARITY_TOL = 1e-4  # final latents, float32, relative to max |diffusers|
-# Exact sparse settings (everything selected): sampling must equal dense.
-SVG1_EXACT = SVG1Config(density=1.0, block_size=16, num_sampled_rows=8, dense_steps=1, dense_layers=1)
-SVG2_EXACT = SVG2Config(num_q_clusters=4, num_k_clusters=6, top_p=1.0, min_k_cluster_ratio=0.0,
-                        kmeans_init_iters=4, kmeans_warm_iters=1, dense_steps=1, dense_layers=1)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -146,22 +143,6 @@ def test_gpu_sampling_with_compiled_kernels_equals_dense_at_full_selection(metho
         mask = (jnp.arange(16) < (valid if padded else 16)).astype(jnp.int32)[None]
         return HunyuanPrompt(jax.random.normal(k1, (1, 16, 32)), mask, jax.random.normal(k2, (1, 16)))
 
-    attention = {
-        "svg1": AttentionConfig(method="svg1", svg1=SVG1Config(density=1.0, dense_steps=1, dense_layers=1)),
-        "svg2": AttentionConfig(
-            method="svg2",
-            svg2=SVG2Config(
-                num_q_clusters=16,
-                num_k_clusters=32,
-                top_p=1.0,
-                min_k_cluster_ratio=0.0,
-                kmeans_init_iters=10,
-                kmeans_warm_iters=2,
-                dense_steps=1,
-                dense_layers=1,
-            ),
-        ),  # fmt: skip
-    }[method]
     common = dict(
         latents=latents,
         prompt_embeds=prompt(keys[1], keys[2], 11),
@@ -171,8 +152,4 @@ def test_gpu_sampling_with_compiled_kernels_equals_dense_at_full_selection(metho
         num_steps=4,
         scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0),
     )
-    dense = sample(model, attention=AttentionConfig(method="dense"), **common)
-    sparse = sample(model, attention=attention, **common)
-    err = float(jnp.linalg.norm(sparse.latents - dense.latents) / jnp.linalg.norm(dense.latents))
-    assert err < 2e-2, err
-    assert np.asarray(sparse.stats.dense)[1:, :, 1].sum() == 0  # the method ran in layer 1
+    assert_compiled_sparse_samples_like_dense(model, method, **common)
