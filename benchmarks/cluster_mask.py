@@ -7,8 +7,8 @@ Same problems as ``mosaic_steps.py`` (B1 H40 N75600 D128 bf16: the SVG2 preset's
 
 * the chunk mix: the share of chunks that need no mask (interior of a uniform run), only the run's column
   mask (a run's first or last chunk), the packed-bit mask of mixed chunks, or the rectangle loop;
-* the kernel time (GPU, profiled) of the shipped kernel, of the variants that apply the run mask or both
-  masks to every chunk instead of branching, and of ablations that compute something else (timing only):
+* the kernel time (GPU, profiled) of the shipped kernel, of the variant that applies the packed mask to every
+  chunk instead of branching, and of ablations that compute something else (timing only):
   the slow path replaced by the packed-bit mask, every chunk treated as uniform (no per-row mask), and no
   mask at all. Their gaps bound what a cheaper mask could win;
 * ``--baseline MODULE``: also time ``MODULE.cluster_mask`` (or ``_cluster_mask``), e.g. an older mask
@@ -90,8 +90,7 @@ def no_mask(tables, at, row0, *, block_k):
 def run(name, plan, operands, useful, dense_ms, baseline) -> list[dict]:
     variants = {
         "shipped": None,
-        "run mask on every chunk": functools.partial(cluster_mask, branch_run=False),
-        "both masks on every chunk": functools.partial(cluster_mask, branch_run=False, branch_fast=False),
+        "packed mask on every chunk": functools.partial(cluster_mask, branch=False),
         "packed bits everywhere (ablation)": packed_everywhere,
     }
     variants |= {"uniform (ablation)": as_uniform, "no mask (ablation)": no_mask}

@@ -6,18 +6,26 @@ Same contract and plan as the Triton kernel (:mod:`.cluster_sparse_attn`, :mod:`
 tiles; the plan is built with ``row_align=8``), and the compute warpgroups mask
 
 * the rows before the run's first row and past its end (``lead <= cols < valid``), on a run's first and
-  last chunks (interior chunks, all rows inside the run, skip it), as a column bias of 0 or -inf;
+  last chunks (interior chunks, all rows inside the run, skip the mask);
 * on a *mixed* chunk (the tile's query clusters disagree on the run), what each row's own query cluster
   does not select. Fast path: when the tile holds at most ``FAST_Q`` = 4 query clusters and the chunk
   spans at most ``FAST_K`` = 8 key clusters, the map entries involved fit one 32-bit word, read from
-  :func:`tile_words` (per tile and first key cluster, packed in XLA before the kernel); each element then
-  reads its bit at ``(key cluster − chunk's first) · 4 + (query cluster − tile's first)`` from a row
-  vector of query labels and a column vector of key labels. Otherwise (tiny clusters) the slow path
-  gives each row its query cluster's bits of the map over the chunk's key clusters, 32 key clusters per
-  pass: one pass over the warpgroup's query clusters reads two words of :func:`map_bitset` each, then
-  each element tests its column's bit. (A loop over (query, key) cluster pairs, three dependent loads
-  and a sweep of the tile each, cost 1 ms of the Wan 720p SVG2 plan's 36.6, from one tile with 295 such
-  chunks.)
+  :func:`tile_words` (per tile and first key cluster, packed in XLA before the kernel). Both masks are one
+  pass over the logits: per row the word shifted down by the row's query slot, per column the bit of its
+  key slot (``(key cluster − chunk's first) · 4``, from a column vector of key labels) or 0 outside the
+  run, then one AND and a test per logit (a run's edge chunk that is not mixed uses an all-ones word).
+  Otherwise (tiny clusters) the slow path gives each row its query cluster's bits of the map over the
+  chunk's key clusters, 32 key clusters per pass: one pass over the warpgroup's query clusters reads two
+  words of :func:`map_bitset` each, then each element tests its column's bit. (A loop over (query, key)
+  cluster pairs, three dependent loads and a sweep of the tile each, cost 1 ms of the Wan 720p SVG2
+  plan's 36.6, from one tile with 295 such chunks.)
+
+Where the time goes (H200, Wan 720p SVG2 plan, ``benchmarks/cluster_loads.py``): about 34.5 ms against
+27.5 with no mask at all, although 87% of the chunks skip the mask. About 3 ms are the compute
+warpgroups' per-chunk global loads (the scalars and the key-label vector; with only the chunk code
+loaded, 31.3 ms). The rest comes with the mask code being in the loop, executed or not. In the SASS the
+logit scale is then a separate multiply instead of being fused into the exponent's argument, and the
+loop body grows from 318 to 550 instructions.
 
 The per-chunk scalars (start, code, first key cluster and the packed word at it) are loaded one chunk
 ahead and the key-label vector before the chunk's ``Q Kᵀ`` (the engine's two load stages), so their
@@ -84,16 +92,13 @@ def map_bitset(cluster_map: jax.Array) -> jax.Array:
     return lax.bitcast_convert_type(jnp.sum(m, axis=-1, dtype=jnp.uint32), jnp.int32)  # distinct bits: OR
 
 
-def cluster_mask(
-    tables, at, row0, *, block_k: int, branch_run: bool = True, branch_fast: bool = True
-) -> TileMask:
+def cluster_mask(tables, at, row0, *, block_k: int, branch: bool = True) -> TileMask:
     """The engine's mask: the run's columns on a run's first and last chunks; on mixed chunks the packed-bit
     selection of each row's query cluster, or, where the tile or chunk has too many clusters for one word,
     each row's bits of the map (:func:`map_bitset`) over the chunk's key clusters.
 
-    ``branch_run`` / ``branch_fast`` False apply the run mask / the packed-bit mask to every chunk instead
-    of branching around them (benchmark variants: both were slower on the Wan 720p SVG2 plan, 36.8 and
-    42.0 ms against 34.9; ``benchmarks/cluster_mask.py``)."""
+    ``branch`` False applies the packed mask to every chunk instead of branching around it (a benchmark
+    variant, ``benchmarks/cluster_mask.py``: 40.9–46.0 ms against 34.5–35.9 on the Wan 720p SVG2 plan)."""
     starts, codes, _, kfirst, q_lab, k_lab, bitmap, words = tables
     b, h, t = at
     width, ck_last = starts.shape[-1], words.shape[-1] - 1
@@ -116,29 +121,24 @@ def cluster_mask(
     def apply(first, col_lab, s):
         start, code, j_lo, bits = first
         lead, valid, uniform = decode_chunk(code)
-
-        def run_mask(_, s):  # the run's columns lead <= c < valid: a column bias of 0 / -inf, one add a logit
-            cols = plgpu.broadcasted_iota(jnp.int32, (block_k,), 0, layout=COL)
-            bias = jnp.where((cols >= lead) & (cols < valid), 0.0, -jnp.inf)
-            return s + lax.broadcast_in_dim(bias, s.shape, [1])
-
         edge = ((lead > 0) | (valid < block_k)).astype(jnp.int32)  # interior chunks lie wholly in the run
-        s = lax.fori_loop(0, edge, run_mask, s) if branch_run else run_mask(0, s)  # 0 or 1 trips
         mixed = 1 - uniform
         fast = mixed * rows_fit * (decode_span(code) < FAST_K).astype(jnp.int32)
-        if not branch_fast:  # every chunk takes the packed mask; all bits set where it is not mixed-fast
-            bits = jnp.where(fast == 1, bits, jnp.int32(-1))
 
-        def fast_mask(_, s):  # bit (key slot·FAST_Q + query slot) of the packed map says "selected"
-            # Per row, shift its query slot's bits down; per column, shift the key slot's bit up to the sign.
-            row_bits = lax.shift_right_logical(jnp.full((WG_ROWS,), bits, jnp.int32), row_slot)
-            up = 31 - jnp.clip(col_lab - j_lo, 0, FAST_K - 1) * FAST_Q
-            word = lax.shift_left(
-                lax.broadcast_in_dim(row_bits, s.shape, [0]), lax.broadcast_in_dim(up, s.shape, [1])
-            )
-            return jnp.where(word < 0, s, -jnp.inf)
+        def packed_mask(_, s):  # one pass: the run's columns and, on a mixed-fast chunk, the packed map
+            # Element (r, c) survives when bit (key slot·FAST_Q + query slot) of the word is set and column c
+            # lies in the run: per row the word shifted down by the query slot, per column the key slot's
+            # bit or 0, one AND and a test per logit. Uniform chunks use an all-ones word.
+            word = jnp.where(fast == 1, bits, jnp.int32(-1))
+            row_bits = lax.shift_right_logical(jnp.full((WG_ROWS,), word, jnp.int32), row_slot)
+            cols = plgpu.broadcasted_iota(jnp.int32, (block_k,), 0, layout=COL)
+            key_slot = jnp.clip(col_lab - j_lo, 0, FAST_K - 1) * FAST_Q
+            in_run = (cols >= lead) & (cols < valid)
+            col_bit = jnp.where(in_run, lax.shift_left(jnp.ones_like(cols), key_slot), 0)
+            hit = lax.broadcast_in_dim(row_bits, s.shape, [0]) & lax.broadcast_in_dim(col_bit, s.shape, [1])
+            return jnp.where(hit != 0, s, -jnp.inf)
 
-        s = lax.fori_loop(0, fast, fast_mask, s) if branch_fast else fast_mask(0, s)  # 0 or 1 trips
+        s = lax.fori_loop(0, edge | fast, packed_mask, s) if branch else packed_mask(0, s)  # 0 or 1 trips
 
         def slow_mask(_, s):  # each row's own bits of the map over the chunk's key clusters, 32 at a time
             j_hi = k_lab[b, h, start + jnp.maximum(valid, 1) - 1]
@@ -183,12 +183,18 @@ def cluster_sparse_attention_mosaic(
     tiles_per_step: int = 1,
     num_programs: int | None = None,
     order: str = "head_lpt",
+    mask_weight: float | None = None,
+    lookahead: int = 1,
+    mask_first: bool = False,
     make_mask=None,
 ) -> Float[Array, "B N H D"]:
     """Run the Mosaic kernel on a plan built with ``block_q=128``, ``block_k`` 64 or 128 and ``row_align=8``
     (``cluster_sparse_attention_from_plan`` checks that the plan fits q/k first).
 
     ``num_stages``: K/V ring slots, by default :data:`DEFAULT_STAGES` for the plan's ``block_k``.
+
+    ``order``: the persistent CTAs' work order (:func:`.mosaic_flash.work_order`); with ``mask_weight`` it
+    ranks query tiles by their chunk count plus ``mask_weight`` per chunk that takes a mask.
 
     ``make_mask`` replaces the kernel's mask (:func:`cluster_mask`, same signature): an ablation hook for
     benchmarks, which then compute something else than the plan's attention."""
@@ -229,8 +235,21 @@ def cluster_sparse_attention_mosaic(
         tiles_per_step=tiles_per_step,
         num_programs=num_programs,
         order=order,
+        cost=None if mask_weight is None else tile_cost(plan, mask_weight),
+        lookahead=lookahead,
+        mask_first=mask_first,
     )
     return out[:, :n]
+
+
+def tile_cost(plan: ClusterTilePlan, mask_weight: float) -> jax.Array:
+    """``[B, H, nqt]`` float32: each query tile's chunk count plus ``mask_weight`` per masked chunk (a run's
+    first or last chunk, or a mixed one)."""
+    width = plan.chunk_codes.shape[-1]
+    listed = jnp.arange(width) < plan.chunk_counts[..., None]
+    lead, valid, uniform = decode_chunk(plan.chunk_codes)
+    masked = listed & ((lead > 0) | (valid < plan.block_k) | (uniform == 0))
+    return plan.chunk_counts.astype(jnp.float32) + mask_weight * jnp.sum(masked, axis=-1, dtype=jnp.float32)
 
 
 def mosaic_plan_ok(q: jax.Array, plan: ClusterTilePlan) -> bool:

@@ -48,6 +48,10 @@ MOSAIC_DTYPES = (jnp.bfloat16, jnp.float16)
 # online-softmax update over both, which halves the per-step costs (barriers, row max/sum, the rescale
 # of the accumulator) for 64-row tiles at the price of a padding tile at the end of an odd list.
 TILES_PER_STEP = (1, 2)
+# Steps ahead that a mask's stage-1 scalars are loaded: per-chunk global loads by the compute warpgroups
+# cost about 3 ms of the Wan 720p SVG2 plan's ~34.5 (H200, ablation in benchmarks/cluster_loads.py); 2 gives
+# them two steps of latency instead of one (not yet timed on a GPU).
+LOOKAHEADS = (1, 2)
 SMEM_BYTES = 227 * 1024  # dynamic shared memory of one sm90 CTA
 ROW = plgpu.Layout.WGMMA.reduce(1)  # one value per logits row
 COL = plgpu.Layout.WGMMA.reduce(0)  # one value per logits column
@@ -105,6 +109,8 @@ def _kernel(
     sm_scale,
     stages,
     tiles_per_step,
+    lookahead,
+    mask_first,
     dtype,
 ):
     key_row, make_mask = walk
@@ -145,7 +151,8 @@ def _kernel(
             row0 = qt * CTA_ROWS + wg * WG_ROWS
             plgpu.copy_gmem_to_smem(q_ref.at[batch, pl.ds(row0, WG_ROWS), head], qo_smem, q_ready.at[wg])
             mask = make_mask(tables, at, row0) if make_mask is not None else None
-            meta = tuple(mask.stage1(i) for i in range(per)) if mask is not None else ()  # the prologue
+            # The prologue: stage 1 of the first `lookahead` steps' tiles (a queue, oldest first).
+            meta = tuple(mask.stage1(i) for i in range(per * lookahead)) if mask is not None else ()
             plgpu.barrier_wait(q_ready.at[wg])
             m_i = plgpu.layout_cast(jnp.full((WG_ROWS,), -jnp.inf, jnp.float32), ROW)
             l_i = plgpu.layout_cast(jnp.full((WG_ROWS,), 0.0, jnp.float32), ROW)
@@ -163,9 +170,9 @@ def _kernel(
                 j0 = p * per  # this step's tiles: j0 .. j0 + per - 1
                 slots = [ring(base + j0 + i) for i in range(per)]
                 if mask is not None:  # stage 1 of these tiles came a step earlier; issue stage 2 and the next
-                    firsts = meta
+                    firsts = meta[:per]
                     seconds = [mask.stage2(j0 + i, firsts[i]) for i in range(per)]
-                    meta = tuple(mask.stage1(j0 + per + i) for i in range(per))
+                    meta = meta[per:] + tuple(mask.stage1(j0 + per * lookahead + i) for i in range(per))
 
                 def qk(*acc_refs):
                     for slot, acc_ref in zip(slots, acc_refs, strict=True):
@@ -176,8 +183,10 @@ def _kernel(
                 ss = pl.run_scoped(qk, *[plgpu.ACC((WG_ROWS, block_k), jnp.float32)] * per)
                 for slot in slots:
                     plgpu.barrier_arrive(k_free.at[slot])
+                if mask is not None and mask_first:
+                    ss = [mask.apply(firsts[i], seconds[i], s) for i, s in enumerate(ss)]
                 ss = [s * (sm_scale * LOG2E) for s in ss]
-                if mask is not None:
+                if mask is not None and not mask_first:
                     ss = [mask.apply(firsts[i], seconds[i], s) for i, s in enumerate(ss)]
                 for i in range(1, per):  # the padding tile past an odd list's end sees nothing (0/1 trips)
                     pad = (j0 + i >= count).astype(jnp.int32)
@@ -263,29 +272,48 @@ def _kernel(
         lax.fori_loop(0, rounds, work, jnp.int32(0))
 
 
-ORDERS = ("head_lpt", "head", "lpt", "interleave")
+ORDERS = ("head_lpt", "head_snake", "head", "lpt", "interleave")
 
 
-def work_order(counts: jax.Array, order: str = "head_lpt") -> jax.Array:
-    """The persistent CTAs' work list: flat items ``(b·H + h)·nqt + t`` of ``counts [B, H, nqt]``.
+def work_order(
+    counts: jax.Array, order: str = "head_lpt", *, programs: int | None = None, cost: jax.Array | None = None
+) -> jax.Array:
+    """The persistent CTAs' work list: flat items ``(b·H + h)·nqt + t`` of ``counts [B, H, nqt]``; CTA ``i``
+    of ``programs`` takes positions ``i, i + programs, ...``.
 
     * ``"head_lpt"`` (default): head by head, so the CTAs running at once share one head's K and V in L2,
-      and longest tile list first inside a head, so the round-robin deal ends evenly;
-    * ``"head"``: head by head, query tiles in order; ``"lpt"``: longest first over everything;
+      and the costliest items first inside a head, so the round-robin deal ends evenly;
+    * ``"head_snake"``: ``"head_lpt"`` with every second round of ``programs`` positions reversed, so the
+      CTA that took a round's costliest item takes the next round's cheapest (needs ``programs``);
+    * ``"head"``: head by head, query tiles in order; ``"lpt"``: costliest first over everything;
     * ``"interleave"``: query tile by query tile across heads (what a ``(heads, q_tiles)`` grid launches).
+
+    ``cost`` (same shape as ``counts``, default ``counts``) is what "costliest" sorts by, e.g. the tile
+    count plus a weight per masked tile.
     """
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {ORDERS}; got {order!r}")
     b, h, nqt = counts.shape
     items = jnp.arange(b * h * nqt, dtype=jnp.int32)
     if order == "head":
         return items
     if order == "interleave":
         return items.reshape(b, h, nqt).transpose(0, 2, 1).reshape(-1)
-    longest = (jnp.max(counts) - counts).reshape(-1).astype(jnp.int32)  # >= 0, smaller = longer
+    if cost is not None and cost.shape != counts.shape:
+        raise ValueError(f"cost must have the shape of counts {counts.shape}; got {cost.shape}")
+    neg = -(counts if cost is None else cost).reshape(-1)  # ascending = costliest first
     if order == "lpt":
-        return jnp.argsort(longest, stable=True).astype(jnp.int32)
+        return jnp.argsort(neg, stable=True).astype(jnp.int32)
+    seq = jnp.lexsort((items, neg, items // nqt)).astype(jnp.int32)  # by head, costliest first, item
     if order == "head_lpt":
-        return jnp.argsort(items // nqt * (jnp.max(longest) + 1) + longest, stable=True).astype(jnp.int32)
-    raise ValueError(f"order must be one of {ORDERS}; got {order!r}")
+        return seq
+    if not programs or programs < 1:
+        raise ValueError(f"order='head_snake' needs programs >= 1 (the persistent CTAs); got {programs!r}")
+    pos = jnp.arange(seq.shape[0], dtype=jnp.int32)
+    start = pos // programs * programs
+    width = jnp.minimum(programs, seq.shape[0] - start)  # the last round may be short
+    odd = (pos // programs) % 2 == 1
+    return seq[jnp.where(odd, start + width - 1 - (pos - start), pos)]
 
 
 def num_programs_for(n_items: int, interpret: bool) -> int:
@@ -311,6 +339,9 @@ def sparse_flash_mosaic(
     tiles_per_step: int = 1,
     order: str = "head_lpt",
     num_programs: int | None = None,
+    cost: jax.Array | None = None,
+    lookahead: int = 1,
+    mask_first: bool = False,
     interpret: bool = False,
 ) -> jax.Array:
     """Launch on padded operands: q ``[B, nqt·128, H, D]``; k, v ``[B, Mk, H, D]`` with every listed tile
@@ -322,10 +353,15 @@ def sparse_flash_mosaic(
     streams the next item's first tiles while the compute warpgroups finish the current one.
 
     ``tiles_per_step`` 2 walks the lists two tiles per softmax step (:data:`TILES_PER_STEP`); the ring then
-    holds at least 4 tiles.
+    holds at least 4 tiles. ``order`` and ``cost``: see :func:`work_order`. ``lookahead``: steps ahead
+    that the mask's stage 1 loads (:data:`LOOKAHEADS`). ``mask_first`` applies the mask to the raw logits,
+    before the softmax scale (same result: masked logits are -inf either way), so the compiler can fuse
+    the scale into the exponent's argument.
     """
     if tiles_per_step not in TILES_PER_STEP:
         raise ValueError(f"tiles_per_step must be one of {TILES_PER_STEP}; got {tiles_per_step!r}")
+    if lookahead not in LOOKAHEADS:
+        raise ValueError(f"lookahead must be one of {LOOKAHEADS}; got {lookahead!r}")
     b, nq, h, d = q.shape
     stages = max(2 * tiles_per_step, num_stages)  # a step holds its tiles while the next ones load
     smem = (2 * WG_ROWS + 2 * stages * block_k) * d * q.dtype.itemsize  # Q/O buffers + the K/V ring
@@ -337,9 +373,9 @@ def sparse_flash_mosaic(
         )
     tiles = (plgpu.TilingTransform((8, 64)), plgpu.SwizzleTransform(128))
     counts = counts.astype(jnp.int32)
-    order_arr = work_order(counts, order)
-    n_items = order_arr.shape[0]
+    n_items = counts.size
     programs = num_programs or num_programs_for(n_items, interpret)
+    order_arr = work_order(counts, order, programs=programs, cost=cost)
     n_tab = len(tables)
 
     def sparse_flash_attention(*refs):  # (the profiler's kernel name)
@@ -360,6 +396,8 @@ def sparse_flash_mosaic(
                 sm_scale=sm_scale,
                 stages=stages,
                 tiles_per_step=tiles_per_step,
+                lookahead=lookahead,
+                mask_first=mask_first,
                 dtype=q.dtype,
             ),
             (

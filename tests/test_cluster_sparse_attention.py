@@ -285,6 +285,36 @@ def test_gpu_mosaic_persistent_ring_across_items(order, programs, block_k, per_s
     assert_close(out, ref, jnp.bfloat16)
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize(
+    "opts",
+    [
+        dict(lookahead=2),
+        dict(mask_first=True),
+        dict(order="head_snake", mask_weight=2.4),
+        dict(lookahead=2, tiles_per_step=2),
+    ],
+    ids=["lookahead2", "mask-first", "snake-weighted", "lookahead2-two-per-step"],
+)
+def test_gpu_mosaic_engine_options_keep_the_output_bitwise(opts):
+    """Loading chunk scalars two steps ahead, masking before the logit scale and other work orders change
+    when and where work is done, not what is computed: the same bits as the default kernel."""
+    require_hopper()
+    from svg_jax.pallas_kernels.cluster_sparse_attn_mosaic import cluster_sparse_attention_mosaic
+
+    b, h, n, m, d, cq, ck = 1, 3, 1400, 1200, 128, 40, 120
+    q, k, v = random_qkv(26, b, n, m, h, d, jnp.bfloat16)
+    qs, ks, cmap = random_problem(27, b, n, m, h, cq, ck, 0.3)
+    plan = cluster_tile_plan(qs, ks, cmap, num_q=n, num_k=m, block_q=128, block_k=64, row_align=8)
+
+    def run(**o):
+        fn = functools.partial(cluster_sparse_attention_mosaic, sm_scale=d**-0.5, **o)
+        return np.asarray(jax.jit(fn)(q, k, v, plan))
+
+    per_step = opts.get("tiles_per_step", 1)
+    np.testing.assert_array_equal(run(**opts), run(tiles_per_step=per_step))
+
+
 @pytest.mark.parametrize(
     "dtype, d, block_q, block_k, match",
     [
@@ -309,6 +339,16 @@ def test_mosaic_refuses_unaligned_plan():
     plan = cluster_tile_plan(qs, ks, cmap, num_q=256, num_k=256, block_q=128, block_k=64)
     with pytest.raises(ValueError, match="row_align=8"):
         cluster_sparse_attention_from_plan(q, k, v, plan, implementation="pallas_mosaic")
+
+
+def test_mosaic_refuses_a_bad_lookahead():
+    from svg_jax.pallas_kernels.cluster_sparse_attn_mosaic import cluster_sparse_attention_mosaic
+
+    q, k, v = random_qkv(25, 1, 256, 256, 1, 128, jnp.bfloat16)
+    qs, ks, cmap = random_problem(26, 1, 256, 256, 1, 3, 4, 0.5)
+    plan = cluster_tile_plan(qs, ks, cmap, num_q=256, num_k=256, block_q=128, block_k=64, row_align=8)
+    with pytest.raises(ValueError, match="lookahead must be one of"):
+        cluster_sparse_attention_mosaic(q, k, v, plan, sm_scale=0.1, lookahead=3)
 
 
 def test_tile_words_pack_the_fast_path_map():

@@ -36,16 +36,17 @@ def test_block_kernel_lowers(block_k, per_step):
 
 
 @pytest.mark.parametrize(
-    "block_k, per_step, mask",
+    "block_k, per_step, mask, opts",
     [
-        (64, 1, None),
-        (64, 2, None),
-        (128, 1, None),
-        (64, 1, functools.partial(cluster_mask, branch_run=False, branch_fast=False)),
+        (64, 1, None, {}),
+        (64, 2, None, {}),
+        (128, 1, None, {}),
+        (64, 1, functools.partial(cluster_mask, branch=False), {}),
+        (64, 2, None, dict(lookahead=2, mask_first=True)),
     ],
-    ids=["64", "64-two-per-step", "128", "64-branch-free"],
+    ids=["64", "64-two-per-step", "128", "64-branch-free", "64-lookahead2-mask-first"],
 )
-def test_cluster_kernel_lowers(block_k, per_step, mask):
+def test_cluster_kernel_lowers(block_k, per_step, mask, opts):
     b, h, n, d = 1, 2, 1000, 128
     q = jnp.zeros((b, n, h, d), jnp.bfloat16)
     qs = jnp.full((b, h, 8), n // 8, jnp.int32)
@@ -53,6 +54,6 @@ def test_cluster_kernel_lowers(block_k, per_step, mask):
     cmap = jax.random.bernoulli(jax.random.key(0), 0.5, (b, h, 8, 20))
     plan = cluster_tile_plan(qs, ks, cmap, num_q=n, num_k=n, block_q=128, block_k=block_k, row_align=8)
     fn = lambda q, plan: cluster_sparse_attention_mosaic(
-        q, q, q, plan, sm_scale=d**-0.5, tiles_per_step=per_step, make_mask=mask
+        q, q, q, plan, sm_scale=d**-0.5, tiles_per_step=per_step, make_mask=mask, **opts
     )
     lowered(fn, q, plan)
