@@ -92,6 +92,7 @@ def flash_loop(count, body, *, block_q: int, head_dim: int):
 def _kernel(
     idx_ref,
     cnt_ref,
+    pad_ref,
     q_ref,
     k_ref,
     v_ref,
@@ -107,14 +108,18 @@ def _kernel(
     q = q_ref[...]  # [bq, D]
     count = jnp.clip(cnt_ref[0], 0, max_kv_blocks)
     mask_tail = num_k % block_k != 0
+    padded = pad_ref is not None
 
     def body(j, carry):
         k, v, start = load_kv_block(idx_ref, k_ref, v_ref, j, block_k=block_k, num_kv_blocks=num_kv_blocks)
         s = qk_logits(q, k, scale_log2)  # [bq, bk]
-        if mask_tail:
+        if mask_tail or padded:
             cols = start + jax.lax.broadcasted_iota(jnp.int32, (1, block_k), 1)
-            s = jnp.where(cols < num_k, s, -jnp.inf)
-        return online_softmax_step(carry, s, v, masked=False)
+            keep = cols < num_k
+            if padded:  # the batch element's padding keys: a whole tile, so whole rows, may be masked
+                keep &= (cols < pad_ref[0]) | (cols >= pad_ref[1])
+            s = jnp.where(keep, s, -jnp.inf)
+        return online_softmax_step(carry, s, v, masked=padded)
 
     o_ref[...] = flash_loop(count, body, block_q=block_q, head_dim=head_dim).astype(o_ref.dtype)
 
@@ -132,8 +137,10 @@ def _call(
     num_k: int,
     config: TritonConfig,
     interpret: bool,
+    key_padding=None,
 ):
-    """Launch on padded operands: q ``[B, nqb·bq, H, Dp]``, k/v ``[B, nkb·bk, H, Dp]``."""
+    """Launch on padded operands: q ``[B, nqb·bq, H, Dp]``, k/v ``[B, nkb·bk, H, Dp]``; ``key_padding``
+    int32 ``[B, 2]`` or None."""
     b, nq_pad, h, d = q.shape
     nk_pad = k.shape[1]
     nqb, max_kv = kv_block_indices.shape[2], kv_block_indices.shape[3]
@@ -145,12 +152,18 @@ def _call(
         num_kv_blocks=nk_pad // block_k,
         max_kv_blocks=max_kv,
     )
+    pads = [] if key_padding is None else [key_padding.astype(jnp.int32)]
+    pad_spec = [pl.BlockSpec((None, 2), lambda i, bi, hi: (bi, 0))] * len(pads)
+    if key_padding is None:  # no key_padding input: the kernel gets None in its place
+        with_pad = kernel
+        kernel = lambda idx, cnt, *refs: with_pad(idx, cnt, None, *refs)  # noqa: E731
     return pl.pallas_call(
         kernel,
         grid=(nqb, b, h),
         in_specs=[
             pl.BlockSpec((None, None, None, max_kv), lambda i, bi, hi: (bi, hi, i, 0)),
             pl.BlockSpec((None, None, None, 1), lambda i, bi, hi: (bi, hi, i, 0)),
+            *pad_spec,
             pl.BlockSpec((None, block_q, None, d), lambda i, bi, hi: (bi, i, hi, 0)),
             pl.BlockSpec((None, nk_pad, None, d), lambda i, bi, hi: (bi, 0, hi, 0)),
             pl.BlockSpec((None, nk_pad, None, d), lambda i, bi, hi: (bi, 0, hi, 0)),
@@ -160,7 +173,7 @@ def _call(
         compiler_params=pltriton.CompilerParams(num_warps=config.num_warps, num_stages=config.num_stages),
         interpret=interpret,
         name="block_sparse_attention",
-    )(kv_block_indices, kv_block_counts[..., None], q, k, v)
+    )(kv_block_indices, kv_block_counts[..., None], *pads, q, k, v)
 
 
 def block_sparse_attention(
@@ -176,6 +189,7 @@ def block_sparse_attention(
     implementation: str = "auto",
     interpret: bool | None = None,
     config: TritonConfig | None = None,
+    key_padding: Int[Array, "B 2"] | None = None,
 ) -> Float[Array, "B N H D"]:
     """Attention where query block ``i`` sees exactly the key blocks ``kv_block_indices[b, h, i, :count]``.
 
@@ -190,6 +204,10 @@ def block_sparse_attention(
     ``block_q=128``, ``block_k`` 64/128, bf16/f16, D a multiple of 64; see ``block_sparse_attn_mosaic``)
     or ``"auto"`` (Mosaic on Hopper when the inputs qualify, else Triton on GPU; XLA on CPU).
     ``interpret`` defaults to True off-GPU. ``config`` tunes the Triton launch (never the result).
+
+    ``key_padding`` (int ``[B, 2]``, optional): per batch element a key range ``[start, end)`` that every
+    query ignores, element by element inside the listed blocks (e.g. HunyuanVideo's padded text slots);
+    a row left with no key outputs zeros. ``start == end`` masks nothing.
     """
     checks.check_qkv(q, k, v)
     checks.check_block_size("block_q", block_q)
@@ -223,13 +241,14 @@ def block_sparse_attention(
             nkb,
             f"key blocks of size {block_k} over M={m} keys",
         )
+    if key_padding is not None:
+        checks.check_key_padding(key_padding, b, m)
     sm_scale = checks.default_sm_scale(q) if sm_scale is None else float(sm_scale)
 
     impl = resolve_implementation(implementation, mosaic_ok=mosaic_supports(q, block_q, block_k))
     if impl == "xla":
-        return block_sparse_attention_reference(
-            q, k, v, kv_block_indices, kv_block_counts, block_q=block_q, block_k=block_k, sm_scale=sm_scale
-        )
+        blocks = dict(block_q=block_q, block_k=block_k, sm_scale=sm_scale, key_padding=key_padding)
+        return block_sparse_attention_reference(q, k, v, kv_block_indices, kv_block_counts, **blocks)
     interpret = (jax.default_backend() != "gpu") if interpret is None else interpret
     if impl == "pallas_mosaic":
         return block_sparse_attention_mosaic(
@@ -241,6 +260,7 @@ def block_sparse_attention(
             block_q=block_q,
             block_k=block_k,
             sm_scale=sm_scale,
+            key_padding=key_padding,
             interpret=interpret,
         )
     dp = padded_head_dim(d)
@@ -260,5 +280,6 @@ def block_sparse_attention(
         num_k=m,
         config=config,
         interpret=interpret,
+        key_padding=key_padding,
     )
     return out[:, :n, :, :d]

@@ -5,17 +5,18 @@ Same contract as :func:`block_sparse_attention` (``implementation="pallas_mosaic
 The CTA structure (producer warpgroup + two ping-ponged compute warpgroups) is :mod:`.mosaic_flash`; this
 module says which key tiles a CTA walks. Ragged lengths: queries are padded to 128 rows and keys to
 ``block_k``; when ``M`` is not a multiple of ``block_k`` the key columns past ``M`` are masked in every
-tile (a static choice, one compare per element).
+tile (a static choice, one compare per element). With ``key_padding`` (a per-batch key range every query
+ignores) the tiles that cross that range or ``M`` are masked instead, behind a branch.
 """
 
 import jax.numpy as jnp
+from jax import lax
 from jax.experimental.pallas import mosaic_gpu as plgpu
 from jaxtyping import Array, Float, Int
 
 from .common import pad_axis
 from .mosaic_flash import (
     CTA_ROWS,
-    WG_ROWS,
     TileMask,
     check_mosaic_inputs,
     mosaic_supports,
@@ -39,6 +40,7 @@ def block_sparse_attention_mosaic(
     tiles_per_step: int = 1,
     num_programs: int | None = None,
     order: str = "head_lpt",
+    key_padding: Int[Array, "B 2"] | None = None,
     interpret: bool = False,
 ) -> Float[Array, "B N H D"]:
     """The Mosaic GPU kernel on validated inputs (``block_sparse_attention`` checks them first).
@@ -56,22 +58,38 @@ def block_sparse_attention_mosaic(
     def key_row(tables, at, j):
         return tables[0][(*at, j)] * block_k
 
-    def ragged_mask(tables, at, row0):  # mask the key columns past M in every tile
-        def apply(first, second, s):
-            cols = plgpu.broadcasted_iota(jnp.int32, (WG_ROWS, block_k), 1, layout=plgpu.Layout.WGMMA)
-            return jnp.where(cols + first < m, s, -jnp.inf)
+    def mask_of(tables, at, row0):  # columns past M; with key_padding also the batch element's padding keys
+        def cols(first, s):
+            return first + plgpu.broadcasted_iota(jnp.int32, s.shape, 1, layout=plgpu.Layout.WGMMA)
+
+        if key_padding is None:  # every tile (static): one compare per element
+
+            def apply(first, second, s):
+                return jnp.where(cols(first, s) < m, s, -jnp.inf)
+
+        else:  # only the tiles that cross the padding range or M
+            lo, hi = tables[1][at[0], 0], tables[1][at[0], 1]
+
+            def apply(first, second, s):
+                def mask(_, s):
+                    c = cols(first, s)
+                    return jnp.where((c < m) & ((c < lo) | (c >= hi)), s, -jnp.inf)
+
+                crosses = (first + block_k > m) | ((first + block_k > lo) & (first < hi))
+                return lax.fori_loop(0, crosses.astype(jnp.int32), mask, s)  # 0 or 1 trips
 
         last = idx.shape[-1] - 1
         return TileMask(lambda j: key_row(tables, at, jnp.minimum(j, last)), lambda j, first: (), apply)
 
+    tables = (idx,) if key_padding is None else (idx, key_padding.astype(jnp.int32))
     out = sparse_flash_mosaic(
-        (idx,),
+        tables,
         qp,
         kp,
         vp,
         counts=jnp.clip(cnt, 0, idx.shape[-1]),
         key_row=key_row,
-        make_mask=ragged_mask if m % block_k else None,
+        make_mask=mask_of if key_padding is not None or m % block_k else None,
         block_k=block_k,
         sm_scale=sm_scale,
         num_stages=num_stages,

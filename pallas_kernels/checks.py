@@ -95,3 +95,13 @@ def check_sizes_sum(name: str, sizes, total: int, axis_name: str) -> None:
             f"{name} must sum to {axis_name}={total} along the last axis; "
             f"the sizes at (batch, head)={where} sum to {int(sums[where])}"
         )
+
+
+def check_key_padding(key_padding, batch: int, num_k: int) -> None:
+    """``key_padding`` is int ``[B, 2]`` ranges ``0 <= start <= end <= M`` (checked when concrete)."""
+    check_int_array("key_padding", key_padding, (batch, 2))
+    if is_concrete(key_padding):
+        check_value_range("key_padding", key_padding, 0, num_k + 1, f"[start, end) ranges within M={num_k}")
+        rows = np.asarray(key_padding)
+        if (rows[:, 0] > rows[:, 1]).any():
+            raise ValueError(f"key_padding rows must be [start, end) with start <= end; got {rows.tolist()}")

@@ -67,6 +67,7 @@ def block_sparse_attention_reference(
     block_q: int,
     block_k: int,
     sm_scale: float | None = None,
+    key_padding: Int[Array, "B 2"] | None = None,
 ) -> Float[Array, "B N H D"]:
     """Oracle of :func:`block_sparse_attention` (same signature, minus the implementation knobs)."""
     mask = block_indices_to_mask(
@@ -77,7 +78,15 @@ def block_sparse_attention_reference(
         block_q=block_q,
         block_k=block_k,
     )
+    if key_padding is not None:
+        mask = mask & ~padding_key_mask(key_padding, k.shape[1])[:, None, None, :]
     return masked_attention_reference(q, k, v, mask, sm_scale=sm_scale)
+
+
+def padding_key_mask(key_padding: Int[Array, "B 2"], num_k: int) -> Bool[Array, "B M"]:
+    """True for the keys in ``[key_padding[b, 0], key_padding[b, 1])``: the ones every query ignores."""
+    cols = jnp.arange(num_k, dtype=jnp.int32)[None, :]
+    return (cols >= key_padding[:, :1]) & (cols < key_padding[:, 1:])
 
 
 def cluster_labels(sizes: Int[Array, "*G C"], n: int) -> Int[Array, "*G n"]:

@@ -29,8 +29,10 @@ from .svg1_masks import (
     band_block_mask,
     band_blocks_from_frames,
     head_element_mask,
+    key_padding,
     mask_density,
     max_blocks_per_row,
+    real_keys,
     row_masks,
     sparsity_to_width,
     text_valid_len,
@@ -195,6 +197,11 @@ def _check_inputs(q, k, v, layout: VideoLayout, text: TextTokens | None) -> None
             )
 
 
+def _padded(layout: VideoLayout, text: TextTokens | None) -> bool:
+    """Whether the text has padding slots (a per-batch valid length)."""
+    return layout.text_placement != "none" and text is not None and text.valid_len is not None
+
+
 def _masked_rows_attention(s, v, mask):
     """``softmax(s masked) @ v`` for sampled rows: s ``[B, H, R, N]`` f32, mask ``[B, R, N]`` or None."""
     if mask is not None:
@@ -245,12 +252,8 @@ def profile_heads(
     )  # [B, H, R, N]
     spatial, temporal = row_masks(geom, valid_len, rows, config.profile_band_blocks(layout))  # [B, R, N]
     golden_mask = None
-    if layout.text_placement != "none" and text is not None and text.valid_len is not None:
-        # Video queries never see padding keys in the dense model.
-        keys = jnp.arange(n)
-        pad_lo = layout.text_start + valid_len[:, None]  # [B, 1]
-        real_key = (keys < pad_lo) | (keys >= layout.text_start + layout.num_text_tokens)  # [B, N]
-        golden_mask = jnp.broadcast_to(real_key[:, None, :], spatial.shape)  # [B, R, N]
+    if _padded(layout, text):  # video queries never see padding keys in the dense model
+        golden_mask = jnp.broadcast_to(real_keys(layout, valid_len)[:, None, :], spatial.shape)  # [B, R, N]
     golden = _masked_rows_attention(s, v, golden_mask)
     mse_s = jnp.mean((_masked_rows_attention(s, v, spatial) - golden) ** 2, axis=(2, 3))  # [B, H]
     mse_t = jnp.mean((_masked_rows_attention(s, v, temporal) - golden) ** 2, axis=(2, 3))  # [B, H]
@@ -301,8 +304,8 @@ def svg1_attention(
     """SVG1 sparse self-attention over a ``[B, N, H, D]`` video(+text) sequence.
 
     ``layout`` fixes ``N = T·F + ctx`` and where text sits; ``text`` (optional) carries HunyuanVideo's
-    per-batch valid prompt length (padding text only attends padding, real tokens never see padding
-    beyond the tile granularity described in :mod:`svg_jax.svg1_masks`). ``key`` draws the profiled rows.
+    per-batch valid prompt length: no query sees a padding key (masked per element inside the kept
+    tiles, :mod:`svg_jax.svg1_masks`). ``key`` draws the profiled rows.
     ``implementation`` selects the block-sparse kernel (see :func:`block_sparse_attention`);
     ``permute_implementation`` the layout transformation (see :func:`place_heads`).
     """
@@ -325,6 +328,7 @@ def svg1_attention(
     impl = resolve_implementation(implementation, mosaic_ok=mosaic)
     kernel_block_k = MOSAIC_BLOCK if impl == "pallas_mosaic" else KERNEL_BLOCK_K
     block_mask, idx, cnt, block_k = band_kernel_lists(config, layout, text, b, h, kernel_block_k)
+    pad = key_padding(layout, text_valid_len(layout, text, b)) if _padded(layout, text) else None
     out_p = block_sparse_attention(
         qp,
         kp,
@@ -336,6 +340,7 @@ def svg1_attention(
         sm_scale=sm_scale,
         implementation=impl,
         interpret=interpret,
+        key_padding=pad,
     )
     (out,) = place_heads(
         (out_p,), layout, temporal, inverse=True, implementation=permute_implementation, interpret=interpret

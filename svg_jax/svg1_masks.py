@@ -15,12 +15,14 @@ first and no padding to CogVideoX's ``q < ctx | k < ctx | band``; with text last
 Our kernel computes whole ``bs × bs`` tiles, so the mask used here is the **set of tiles this element mask
 touches** (a tile is kept iff it holds at least one kept pair). That is exactly the set of tiles
 FlexAttention visits for the official mask; FlexAttention additionally applies the element mask inside
-the partially covered tiles, which we do not. Consequences: (1) the band tiles are ``|i − j| ≤ c`` for
-both roundings, so each query row computes at most one tile more than the official element band
+the partially covered tiles. We apply one part of it: the padding keys, element by element, for every
+query (the kernels' ``key_padding`` range, :func:`key_padding`), so a real query never sees padding, as
+in the official mask and the dense model. Consequences: (1) the band tiles are ``|i − j| ≤ c`` for both
+roundings, so each query row computes at most one tile more than the official element band
 (``(2c + 1)·bs`` keys instead of ``2c·bs + 1``) and exactly the tiles the official kernel pays for;
-(2) tiles mixing text and padding are kept whole, so with HunyuanVideo padding a real query can see the
-padding keys that share a tile with valid text or video (at most ``bs − 1`` per boundary tile of the
-``ctx`` text slots). The tests and :func:`svg1_attention_reference` use this same tile mask.
+(2) padding *queries* see the real keys of their kept tiles (officially they see only padding, in the
+dense model every real key); their outputs reach no real token, since every real query masks them. The
+tests and :func:`svg1_attention_reference` use this same mask.
 
 No function here builds anything of size ``N × N``: the block mask is ``[B, nqb, nkb]`` and the profiling
 masks are ``[B, rows, N]``.
@@ -101,6 +103,24 @@ def text_valid_len(layout: VideoLayout, text: TextTokens | None, batch: int) -> 
     if text is None or text.valid_len is None:
         return jnp.full((batch,), layout.num_text_tokens, jnp.int32)
     return jnp.asarray(text.valid_len, jnp.int32).reshape(batch)
+
+
+def key_padding(layout: VideoLayout, valid_len: Int[Array, " B"]) -> Int[Array, "B 2"]:
+    """Per batch element the padding text slots ``[text_start + valid_len, text_start + ctx)`` (empty
+    without text): the key range that every query ignores (the kernels' ``key_padding``). Text stays in
+    place under both head layouts, so the range holds in placed and original coordinates alike."""
+    if layout.text_start is None:
+        end = jnp.full_like(valid_len, layout.seq_len)
+        return jnp.stack([end, end], axis=-1)
+    ts = layout.text_start
+    return jnp.stack([ts + valid_len, jnp.full_like(valid_len, ts + layout.num_text_tokens)], axis=-1)
+
+
+def real_keys(layout: VideoLayout, valid_len: Int[Array, " B"]) -> Bool[Array, "B N"]:
+    """False on the padding keys of :func:`key_padding`."""
+    pad = key_padding(layout, valid_len)
+    keys = jnp.arange(layout.seq_len, dtype=jnp.int32)[None, :]
+    return (keys < pad[:, :1]) | (keys >= pad[:, 1:])
 
 
 def block_flags(geom: TileGeometry, valid_len: Int[Array, " B"]) -> BlockFlags:
@@ -211,7 +231,8 @@ def row_masks(
     t_rows = geom.block_of(temporal_position(geom.layout, rows))
     t_keys = geom.block_of(temporal_position(geom.layout, keys))
     temporal = tile_keep(t_rows[:, None], t_keys[None, :], flags, band_blocks)
-    return spatial, temporal
+    real = real_keys(geom.layout, valid_len)[:, None, :]  # [B, 1, N]
+    return spatial & real, temporal & real
 
 
 def head_element_mask(
@@ -224,4 +245,5 @@ def head_element_mask(
     temporal = geom.block_of(temporal_position(geom.layout, pos))
     m_s = tile_keep(spatial[:, None], spatial[None, :], flags, band_blocks)  # [B, N, N]
     m_t = tile_keep(temporal[:, None], temporal[None, :], flags, band_blocks)  # [B, N, N]
-    return jnp.where(head_is_temporal[:, :, None, None], m_t[:, None], m_s[:, None])
+    mask = jnp.where(head_is_temporal[:, :, None, None], m_t[:, None], m_s[:, None])
+    return mask & real_keys(geom.layout, valid_len)[:, None, None, :]

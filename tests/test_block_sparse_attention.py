@@ -222,3 +222,90 @@ def test_mosaic_engine_refuses_bad_step_or_ring(block_k, stages, per_step, match
         block_sparse_attention_mosaic(
             q, k, v, idx, cnt, block_k=block_k, sm_scale=0.1, num_stages=stages, tiles_per_step=per_step
         )
+
+
+def random_key_padding(seed: int, b: int, m: int):
+    """Per batch element a key range [start, end): random, empty, or every key (rows then output zeros)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(b):
+        kind = (seed + i) % 4
+        if kind == 0:
+            rows.append((m, m))  # nothing padded
+        elif kind == 1:
+            rows.append((0, m))  # every key padded: all rows zero
+        else:
+            lo = int(rng.integers(0, m + 1))
+            rows.append((lo, int(rng.integers(lo, m + 1))))
+    return jnp.array(rows, jnp.int32)
+
+
+@given(
+    n=st.integers(1, 200),
+    m=st.integers(1, 200),
+    block_k=st.sampled_from([16, 32, 64]),
+    density=st.sampled_from([0.3, 1.0]),
+    seed=st.integers(0, 2**16),
+)
+def test_fuzz_key_padding(n, m, block_k, density, seed):
+    """``key_padding`` masks its key range element by element inside the listed blocks (Triton, interpret
+    mode; ragged N, M; ranges empty, partial, crossing blocks, or covering every key)."""
+    b, h, d, bq = 3, 2, 64, 32
+    q, k, v = random_qkv(seed, b, n, m, h, d)
+    idx, cnt = random_lists(seed + 1, b, h, -(-n // bq), -(-m // block_k), density)
+    pad = random_key_padding(seed, b, m)
+    blocks = dict(block_q=bq, block_k=block_k, key_padding=pad)
+    triton = dict(implementation="pallas_triton", interpret=True)
+    out = jax.jit(functools.partial(block_sparse_attention, **triton, **blocks))(q, k, v, idx, cnt)
+    ref = block_sparse_attention_reference(q, k, v, idx, cnt, **blocks)
+    assert_close(out, ref, jnp.float32)
+    xla = block_sparse_attention(q, k, v, idx, cnt, implementation="xla", **blocks)
+    np.testing.assert_array_equal(np.asarray(xla), np.asarray(ref))
+
+
+def test_key_padding_equals_dense_attention_over_the_real_keys():
+    """Every block listed and the padding range masked: dense attention over the other keys."""
+    b, n, m, h, d = 2, 70, 90, 2, 64
+    q, k, v = random_qkv(41, b, n, m, h, d)
+    idx, cnt = block_mask_to_indices(jnp.ones((b, h, -(-n // 32), -(-m // 16)), bool))
+    pad = jnp.array([[60, 80], [90, 90]], jnp.int32)
+    triton = dict(implementation="pallas_triton", interpret=True)
+    out = block_sparse_attention(q, k, v, idx, cnt, block_q=32, block_k=16, key_padding=pad, **triton)
+    for i, (lo, hi) in enumerate(pad.tolist()):
+        keep = np.r_[0:lo, hi:m]
+        want = jax.nn.dot_product_attention(q[i : i + 1], k[i : i + 1, keep], v[i : i + 1, keep])
+        assert rel_error(out[i : i + 1], want) < REL_TOL[jnp.float32]
+
+
+@pytest.mark.parametrize(
+    "pad, match",
+    [
+        (jnp.zeros((2,), jnp.int32), "key_padding must have shape"),
+        (jnp.zeros((2, 2), jnp.float32), "must be an integer array"),
+        (jnp.array([[5, 3], [0, 0]], jnp.int32), "start <= end"),
+        (jnp.array([[0, 300], [0, 0]], jnp.int32), "within M=256"),
+    ],
+)
+def test_bad_key_padding_is_refused(pad, match):
+    q, k, v = random_qkv(42, 2, 256, 256, 1, 64)
+    idx, cnt = block_mask_to_indices(jnp.ones((2, 1, 2, 2), bool))
+    with pytest.raises(ValueError, match=match):
+        block_sparse_attention(q, k, v, idx, cnt, block_q=128, block_k=128, key_padding=pad)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("block_k, m", [(128, 1000), (64, 1024), (128, 1024)])
+def test_gpu_mosaic_key_padding(block_k, m):
+    """The Mosaic kernel masks the padding range on the tiles that cross it (and the columns past M)."""
+    require_hopper()
+    b, h, n, d = 4, 2, 700, 128
+    q, k, v = random_qkv(43, b, n, m, h, d, jnp.bfloat16)
+    idx, cnt = random_lists(44, b, h, -(-n // 128), -(-m // block_k), 0.6)
+    pad = jnp.array([[m, m], [0, m], [200, 333], [m - 100, m]], jnp.int32)
+    blocks = dict(block_q=128, block_k=block_k, key_padding=pad)
+    out = jax.jit(functools.partial(block_sparse_attention, implementation="pallas_mosaic", **blocks))(
+        q, k, v, idx, cnt
+    )
+    ref = block_sparse_attention_reference(q, k, v, idx, cnt, **blocks)
+    assert_close(out, ref, jnp.bfloat16)
+    assert float(jnp.abs(out[1].astype(jnp.float32)).max()) == 0.0

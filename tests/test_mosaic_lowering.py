@@ -22,16 +22,18 @@ def lowered(fn, *args) -> str:
     return text
 
 
-@pytest.mark.parametrize("block_k, per_step", [(64, 1), (64, 2), (128, 1)])
-def test_block_kernel_lowers(block_k, per_step):
+@pytest.mark.parametrize(
+    "block_k, per_step, padded", [(64, 1, False), (64, 2, False), (128, 1, False), (128, 1, True)]
+)
+def test_block_kernel_lowers(block_k, per_step, padded):
     b, h, n, d = 1, 2, 1000, 128
     q = jnp.zeros((b, n, h, d), jnp.bfloat16)
     nkb = -(-n // block_k)
     idx = jnp.zeros((b, h, 8, nkb), jnp.int32)
     cnt = jnp.full((b, h, 8), 3, jnp.int32)
-    fn = functools.partial(
-        block_sparse_attention_mosaic, block_k=block_k, sm_scale=d**-0.5, tiles_per_step=per_step
-    )
+    pad = jnp.array([[600, 1000]], jnp.int32) if padded else None
+    opts = dict(block_k=block_k, sm_scale=d**-0.5, tiles_per_step=per_step, key_padding=pad)
+    fn = functools.partial(block_sparse_attention_mosaic, **opts)
     lowered(fn, q, q, q, idx, cnt)
 
 

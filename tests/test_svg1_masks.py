@@ -21,6 +21,7 @@ from svg_jax.svg1_masks import (
     band_block_mask,
     band_blocks_from_frames,
     head_element_mask,
+    key_padding,
     mask_density,
     max_blocks_per_row,
     sparsity_to_width,
@@ -189,3 +190,30 @@ def test_real_shape_density_matches_config(cfg, layout, density):
     got = float(mask_density(geom, band_block_mask(geom, jnp.array([layout.num_text_tokens]),
                                                    cfg.band_blocks(layout)))[0])
     assert abs(got - density) <= 3 * cfg.block_size / layout.seq_len
+
+
+@given(
+    t=st.integers(1, 4),
+    f=st.integers(1, 30),
+    placement=st.sampled_from(["first", "last"]),
+    ctx=st.integers(1, 40),
+    valid_frac=st.floats(0.0, 1.0),
+    c=st.integers(1, 3),
+    temporal=st.booleans(),
+)
+def test_fuzz_no_query_sees_a_padding_key(t, f, placement, ctx, valid_frac, c, temporal):
+    """Per element, not per tile: the padding text slots are masked in every row of the SVG1 mask, and
+    every other key of a kept tile stays visible (the tile mask is unchanged elsewhere)."""
+    layout = make_layout(t, f, placement, ctx)
+    valid_len = jnp.array([round(valid_frac * ctx), ctx], jnp.int32)
+    geom = TileGeometry(layout=layout, block_size=16, first_frame_sink=False)
+    heads = jnp.full((2, 1), temporal)
+    mask = np.asarray(head_element_mask(geom, valid_len, heads, c))[:, 0]  # [B, N, N]
+    pad = np.asarray(key_padding(layout, valid_len))
+    keys = np.arange(layout.seq_len)
+    for b in range(2):
+        padding = (keys >= pad[b, 0]) & (keys < pad[b, 1])
+        assert padding.sum() == ctx - int(valid_len[b])
+        assert not mask[b][:, padding].any()
+    unpadded = np.asarray(head_element_mask(geom, jnp.array([ctx, ctx], jnp.int32), heads, c))[1, 0]
+    np.testing.assert_array_equal(mask[1], unpadded)  # a full prompt: no key masked beyond the tiles
