@@ -10,7 +10,7 @@ On the Wan 720p SVG2 plan of ``mosaic_steps.py`` (B1 H40 N75600 D128 bf16), kern
   ``codes only`` is what the compute warpgroups' per-chunk loads cost; ``codes only`` minus ``no mask``
   is what the mask code costs on the chunks that skip it;
 * engine options that must keep the output bitwise (checked here at full scale): stage-1 scalars loaded
-  two steps ahead (``lookahead=2``) and the mask applied before the logit scale (``mask_first``).
+  two or four steps ahead (``lookahead``) and the mask applied before the logit scale (``mask_first``).
 """
 
 import argparse
@@ -61,8 +61,9 @@ ABLATIONS = {
 }
 OPTIONS = {
     "lookahead=2": dict(lookahead=2),
+    "lookahead=4": dict(lookahead=4),
     "mask_first": dict(mask_first=True),
-    "lookahead=2, mask_first": dict(lookahead=2, mask_first=True),
+    "lookahead=4, mask_first": dict(lookahead=4, mask_first=True),
 }
 
 

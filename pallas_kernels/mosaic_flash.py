@@ -48,10 +48,12 @@ MOSAIC_DTYPES = (jnp.bfloat16, jnp.float16)
 # online-softmax update over both, which halves the per-step costs (barriers, row max/sum, the rescale
 # of the accumulator) for 64-row tiles at the price of a padding tile at the end of an odd list.
 TILES_PER_STEP = (1, 2)
-# Steps ahead that a mask's stage-1 scalars are loaded: per-chunk global loads by the compute warpgroups
-# cost about 3 ms of the Wan 720p SVG2 plan's ~34.5 (H200, ablation in benchmarks/cluster_loads.py); 2 gives
-# them two steps of latency instead of one (not yet timed on a GPU).
-LOOKAHEADS = (1, 2)
+# Steps ahead that a mask's stage-1 scalars are loaded. Per-chunk global loads by the compute warpgroups
+# cost about 3 ms of the Wan 720p SVG2 plan's ~34.5 (H200, ablation in benchmarks/cluster_loads.py). They
+# cannot cost that in issue slots (a few loads per step), so latency is the suspect: each 128-byte line of
+# a per-chunk table serves 32 chunks, and the first chunk of each line waits for DRAM with only one step
+# (~1 µs) to hide it. 2 and 4 give the loads more steps (a queue of scalars in registers). Not yet timed.
+LOOKAHEADS = (1, 2, 4)
 SMEM_BYTES = 227 * 1024  # dynamic shared memory of one sm90 CTA
 ROW = plgpu.Layout.WGMMA.reduce(1)  # one value per logits row
 COL = plgpu.Layout.WGMMA.reduce(0)  # one value per logits column

@@ -293,8 +293,9 @@ def test_gpu_mosaic_persistent_ring_across_items(order, programs, block_k, per_s
         dict(mask_first=True),
         dict(order="head_snake", mask_weight=2.4),
         dict(lookahead=2, tiles_per_step=2),
+        dict(lookahead=4, mask_first=True),
     ],
-    ids=["lookahead2", "mask-first", "snake-weighted", "lookahead2-two-per-step"],
+    ids=["lookahead2", "mask-first", "snake-weighted", "lookahead2-two-per-step", "lookahead4-mask-first"],
 )
 def test_gpu_mosaic_engine_options_keep_the_output_bitwise(opts):
     """Loading chunk scalars two steps ahead, masking before the logit scale and other work orders change
