@@ -52,7 +52,8 @@ TILES_PER_STEP = (1, 2)
 # cost about 3 ms of the Wan 720p SVG2 plan's ~34.5 (H200, ablation in benchmarks/cluster_loads.py). They
 # cannot cost that in issue slots (a few loads per step), so latency is the suspect: each 128-byte line of
 # a per-chunk table serves 32 chunks, and the first chunk of each line waits for DRAM with only one step
-# (~1 µs) to hide it. 2 and 4 give the loads more steps (a queue of scalars in registers). Not yet timed.
+# (~1 µs) to hide it. 2 and 4 give the scalars more steps (a queue in registers) and issue stage 2 (the
+# cluster kernel's key-label vector) a step early. Not yet timed.
 LOOKAHEADS = (1, 2, 4)
 SMEM_BYTES = 227 * 1024  # dynamic shared memory of one sm90 CTA
 ROW = plgpu.Layout.WGMMA.reduce(1)  # one value per logits row
@@ -153,8 +154,11 @@ def _kernel(
             row0 = qt * CTA_ROWS + wg * WG_ROWS
             plgpu.copy_gmem_to_smem(q_ref.at[batch, pl.ds(row0, WG_ROWS), head], qo_smem, q_ready.at[wg])
             mask = make_mask(tables, at, row0) if make_mask is not None else None
-            # The prologue: stage 1 of the first `lookahead` steps' tiles (a queue, oldest first).
+            # The prologue: stage 1 of the first `lookahead` steps' tiles (a queue, oldest first) and, with
+            # lookahead >= 2, stage 2 of the first step's tiles (then issued one step ahead as well).
             meta = tuple(mask.stage1(i) for i in range(per * lookahead)) if mask is not None else ()
+            early = mask is not None and lookahead >= 2
+            second = tuple(mask.stage2(i, meta[i]) for i in range(per)) if early else ()
             plgpu.barrier_wait(q_ready.at[wg])
             m_i = plgpu.layout_cast(jnp.full((WG_ROWS,), -jnp.inf, jnp.float32), ROW)
             l_i = plgpu.layout_cast(jnp.full((WG_ROWS,), 0.0, jnp.float32), ROW)
@@ -168,12 +172,16 @@ def _kernel(
             pl.when(wg == 1)(schedule_sync)
 
             def step(p, carry):
-                acc, m_i, l_i, meta = carry
+                acc, m_i, l_i, meta, second = carry
                 j0 = p * per  # this step's tiles: j0 .. j0 + per - 1
                 slots = [ring(base + j0 + i) for i in range(per)]
-                if mask is not None:  # stage 1 of these tiles came a step earlier; issue stage 2 and the next
+                if mask is not None:  # stage 1 of these tiles came earlier; issue stage 2 and the next
                     firsts = meta[:per]
-                    seconds = [mask.stage2(j0 + i, firsts[i]) for i in range(per)]
+                    if early:  # this step's stage 2 came a step earlier too; issue the next step's
+                        seconds = second
+                        second = tuple(mask.stage2(j0 + per + i, meta[per + i]) for i in range(per))
+                    else:
+                        seconds = [mask.stage2(j0 + i, firsts[i]) for i in range(per)]
                     meta = meta[per:] + tuple(mask.stage1(j0 + per * lookahead + i) for i in range(per))
 
                 def qk(*acc_refs):
@@ -225,9 +233,9 @@ def _kernel(
                 acc = pl.run_state(pv)(plgpu.ACC.init(acc))
                 for slot in slots:
                     plgpu.barrier_arrive(v_free.at[slot])
-                return acc, m_new, l_i, meta
+                return acc, m_new, l_i, meta, second
 
-            acc, m_i, l_i, _ = lax.fori_loop(0, n_steps, step, (acc, m_i, l_i, meta))
+            acc, m_i, l_i, _, _ = lax.fori_loop(0, n_steps, step, (acc, m_i, l_i, meta, second))
             pl.when(wg == 0)(schedule_sync)
             # Rows that saw no key have l = 0 and acc = 0: output zeros, not NaN.
             acc = acc / lax.broadcast_in_dim(jnp.maximum(l_i, 1e-30), acc.shape, [0])
@@ -355,10 +363,12 @@ def sparse_flash_mosaic(
     streams the next item's first tiles while the compute warpgroups finish the current one.
 
     ``tiles_per_step`` 2 walks the lists two tiles per softmax step (:data:`TILES_PER_STEP`); the ring then
-    holds at least 4 tiles. ``order`` and ``cost``: see :func:`work_order`. ``lookahead``: steps ahead
-    that the mask's stage 1 loads (:data:`LOOKAHEADS`). ``mask_first`` applies the mask to the raw logits,
-    before the softmax scale (same result: masked logits are -inf either way), so the compiler can fuse
-    the scale into the exponent's argument.
+    holds at least 4 tiles. ``order`` and ``cost``: see :func:`work_order`.
+
+    ``lookahead``: steps ahead that the mask's stage 1 loads (:data:`LOOKAHEADS`); from 2 on, stage 2 is
+    issued a step early too. ``mask_first`` applies the mask to the raw logits, before the softmax scale
+    (same result: masked logits are -inf either way), so the compiler can fuse the scale into the
+    exponent's argument.
     """
     if tiles_per_step not in TILES_PER_STEP:
         raise ValueError(f"tiles_per_step must be one of {TILES_PER_STEP}; got {tiles_per_step!r}")
