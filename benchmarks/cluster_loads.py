@@ -9,8 +9,10 @@ On the Wan 720p SVG2 plan of ``mosaic_steps.py`` (B1 H40 N75600 D128 bf16), kern
   first key cluster or labels (``codes only``); every chunk uniform (``uniform``); no mask. Shipped minus
   ``codes only`` is what the compute warpgroups' per-chunk loads cost; ``codes only`` minus ``no mask``
   is what the mask code costs on the chunks that skip it;
-* engine options that must keep the output bitwise (checked here at full scale): stage-1 scalars loaded
-  two or four steps ahead (``lookahead``) and the mask applied before the logit scale (``mask_first``).
+* options that must keep the output bitwise (checked here at full scale): stage-1 scalars loaded two or
+  four steps ahead (``lookahead``), the mask applied before the logit scale (``mask_first``), and masks
+  decided per warpgroup (``per_warpgroup_mask``: no mask or a column mask where a warpgroup's rows lie in
+  one query cluster).
 """
 
 import argparse
@@ -64,6 +66,8 @@ OPTIONS = {
     "lookahead=4": dict(lookahead=4),
     "mask_first": dict(mask_first=True),
     "lookahead=4, mask_first": dict(lookahead=4, mask_first=True),
+    "per_warpgroup_mask": dict(per_warpgroup_mask=True),
+    "all three": dict(lookahead=4, mask_first=True, per_warpgroup_mask=True),
 }
 
 

@@ -6,7 +6,8 @@ Same problems as ``mosaic_steps.py`` (B1 H40 N75600 D128 bf16: the SVG2 preset's
 300 × 1000 maps at 0.13). Per problem:
 
 * the chunk mix: the share of chunks that need no mask (interior of a uniform run), only the run's column
-  mask (a run's first or last chunk), the packed-bit mask of mixed chunks, or the rectangle loop;
+  mask (a run's first or last chunk), the packed-bit mask of mixed chunks, or the rectangle loop; and per
+  (warpgroup, chunk) the passes the mask runs, by default and with ``per_warpgroup_mask``;
 * the kernel time (GPU, profiled) of the shipped kernel, of the variant that applies the packed mask to every
   chunk instead of branching, and of ablations that compute something else (timing only):
   the slow path replaced by the packed-bit mask, every chunk treated as uniform (no per-row mask), and no
@@ -38,8 +39,10 @@ from svg_jax.pallas_kernels.cluster_sparse_attn_mosaic import (  # noqa: E402
     FAST_Q,
     cluster_mask,
     cluster_sparse_attention_mosaic,
+    mask_passes,
+    tile_words,
 )
-from svg_jax.pallas_kernels.mosaic_flash import TileMask  # noqa: E402
+from svg_jax.pallas_kernels.mosaic_flash import WG_ROWS, TileMask  # noqa: E402
 
 
 def chunk_mix(plan) -> dict:
@@ -66,7 +69,38 @@ def chunk_mix(plan) -> dict:
         "packed_bits": share(mixed & fits),
         "rectangles": share(mixed & ~fits),
         "edge": share(edge),
+        "warpgroup_passes": warpgroup_mix(plan),
     }
+
+
+def warpgroup_mix(plan) -> dict:
+    """Shares of (warpgroup, listed chunk) pairs by the passes the mask runs, default and per warpgroup
+    (:func:`mask_passes`): none, the column pass, the packed per-element pass, the slow pass."""
+    width = plan.chunk_codes.shape[-1]
+    listed = (jnp.arange(width) < plan.chunk_counts[..., None])[..., None]  # [B, H, nqt, C, 1]
+    lab = plan.q_labels.reshape(*plan.q_labels.shape[:2], -1, 2, WG_ROWS)  # [B, H, nqt, 2, 64]
+    u_lo, u_hi, tile_lo = lab[..., 0], lab[..., -1], lab[..., :1, 0]
+    flags = dict(
+        rows_fit=(u_hi - tile_lo < FAST_Q).astype(jnp.int32)[:, :, :, None, :],
+        single=(u_lo == u_hi).astype(jnp.int32)[:, :, :, None, :],
+        u_slot=jnp.clip(u_lo - tile_lo, 0, FAST_Q - 1)[:, :, :, None, :],
+    )
+    ck_last = plan.cluster_map.shape[-1] - 1
+    bits = jnp.take_along_axis(tile_words(plan), jnp.clip(plan.chunk_kfirst, 0, ck_last), axis=-1)[..., None]
+    code = plan.chunk_codes[..., None]
+    total = jnp.sum(listed) * 2
+    mix = {}
+    for name, per_wg in (("default", False), ("per_warpgroup", True)):
+        col, packed, slow, _, _ = mask_passes(code, bits, **flags, block_k=plan.block_k, per_warpgroup=per_wg)
+        col, packed, slow = (jnp.broadcast_to(x, listed.shape[:-1] + (2,)) == 1 for x in (col, packed, slow))
+        share = lambda m: float(jnp.sum(m & listed) / total)
+        mix[name] = {
+            "no_mask": share(~(col | packed | slow)),
+            "column": share(col),
+            "packed": share(packed),
+            "slow": share(slow),
+        }
+    return mix
 
 
 def as_uniform(tables, at, row0, *, block_k):

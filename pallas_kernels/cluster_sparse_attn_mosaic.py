@@ -23,9 +23,10 @@ tiles; the plan is built with ``row_align=8``), and the compute warpgroups mask
 Where the time goes (H200, Wan 720p SVG2 plan, ``benchmarks/cluster_loads.py``): about 34.5 ms against
 27.5 with no mask at all, although 87% of the chunks skip the mask. About 3 ms are the compute
 warpgroups' per-chunk global loads (the scalars and the key-label vector; with only the chunk code
-loaded, 31.3 ms). The rest comes with the mask code being in the loop, executed or not. In the SASS the
-logit scale is then a separate multiply instead of being fused into the exponent's argument, and the
-loop body grows from 318 to 550 instructions.
+loaded, 31.3 ms). The rest is the mask itself on the 13% of chunks that take it, about 1 µs each (a
+warpgroup's softmax, mask included, is on the critical path of the ping-pong); in the SASS its path is
+about 200 instructions, and the logit scale is no longer fused into the exponent's argument. Options
+aimed at both (``lookahead``, ``mask_first``, ``per_warpgroup_mask``) are not yet timed.
 
 The per-chunk scalars (start, code, first key cluster and the packed word at it) are loaded one chunk
 ahead and the key-label vector before the chunk's ``Q Kᵀ`` (the engine's two load stages), so their
@@ -92,13 +93,20 @@ def map_bitset(cluster_map: jax.Array) -> jax.Array:
     return lax.bitcast_convert_type(jnp.sum(m, axis=-1, dtype=jnp.uint32), jnp.int32)  # distinct bits: OR
 
 
-def cluster_mask(tables, at, row0, *, block_k: int, branch: bool = True) -> TileMask:
+def cluster_mask(
+    tables, at, row0, *, block_k: int, branch: bool = True, per_warpgroup: bool = False
+) -> TileMask:
     """The engine's mask: the run's columns on a run's first and last chunks; on mixed chunks the packed-bit
     selection of each row's query cluster, or, where the tile or chunk has too many clusters for one word,
     each row's bits of the map (:func:`map_bitset`) over the chunk's key clusters.
 
     ``branch`` False applies the packed mask to every chunk instead of branching around it (a benchmark
-    variant, ``benchmarks/cluster_mask.py``: 40.9–46.0 ms against 34.5–35.9 on the Wan 720p SVG2 plan)."""
+    variant, ``benchmarks/cluster_mask.py``: 40.9–46.0 ms against 34.5–35.9 on the Wan 720p SVG2 plan).
+
+    ``per_warpgroup`` True decides per warpgroup: when its 64 rows lie in one query cluster, a mixed chunk
+    is either wholly selected for it (no mask) or masked by columns (a 0 / -inf column bias, one add a
+    logit); only warpgroups spanning several query clusters test bits per element. Same output; not yet
+    timed on a GPU (``benchmarks/cluster_loads.py``)."""
     starts, codes, _, kfirst, q_lab, k_lab, bitmap, words = tables
     b, h, t = at
     width, ck_last = starts.shape[-1], words.shape[-1] - 1
@@ -108,6 +116,8 @@ def cluster_mask(tables, at, row0, *, block_k: int, branch: bool = True) -> Tile
     rows_fit = (u_hi - tile_lo < FAST_Q).astype(jnp.int32)
     row_lab = plgpu.load(q_lab.at[b, h, pl.ds(row0, WG_ROWS)], layout=ROW, optimized=False)
     row_slot = jnp.minimum(row_lab - tile_lo, FAST_Q - 1)  # past FAST_Q - 1 only in slow-path tiles
+    single = (u_lo == u_hi).astype(jnp.int32)  # the warpgroup's rows lie in one query cluster
+    u_slot = jnp.clip(u_lo - tile_lo, 0, FAST_Q - 1)  # its query slot in the packed word (when fast)
 
     def stage1(j):
         j = jnp.minimum(j, width - 1)
@@ -120,17 +130,17 @@ def cluster_mask(tables, at, row0, *, block_k: int, branch: bool = True) -> Tile
 
     def apply(first, col_lab, s):
         start, code, j_lo, bits = first
-        lead, valid, uniform = decode_chunk(code)
-        edge = ((lead > 0) | (valid < block_k)).astype(jnp.int32)  # interior chunks lie wholly in the run
-        mixed = 1 - uniform
-        fast = mixed * rows_fit * (decode_span(code) < FAST_K).astype(jnp.int32)
+        lead, valid, _ = decode_chunk(code)
+        passes = functools.partial(mask_passes, block_k=block_k, per_warpgroup=per_warpgroup)
+        column_trips, packed_trips, slow_trips, column_word, packed_word = passes(
+            code, bits, rows_fit, single, u_slot
+        )
 
         def packed_mask(_, s):  # one pass: the run's columns and, on a mixed-fast chunk, the packed map
             # Element (r, c) survives when bit (key slot·FAST_Q + query slot) of the word is set and column c
             # lies in the run: per row the word shifted down by the query slot, per column the key slot's
             # bit or 0, one AND and a test per logit. Uniform chunks use an all-ones word.
-            word = jnp.where(fast == 1, bits, jnp.int32(-1))
-            row_bits = lax.shift_right_logical(jnp.full((WG_ROWS,), word, jnp.int32), row_slot)
+            row_bits = lax.shift_right_logical(jnp.full((WG_ROWS,), packed_word, jnp.int32), row_slot)
             cols = plgpu.broadcasted_iota(jnp.int32, (block_k,), 0, layout=COL)
             key_slot = jnp.clip(col_lab - j_lo, 0, FAST_K - 1) * FAST_Q
             in_run = (cols >= lead) & (cols < valid)
@@ -138,7 +148,20 @@ def cluster_mask(tables, at, row0, *, block_k: int, branch: bool = True) -> Tile
             hit = lax.broadcast_in_dim(row_bits, s.shape, [0]) & lax.broadcast_in_dim(col_bit, s.shape, [1])
             return jnp.where(hit != 0, s, -jnp.inf)
 
-        s = lax.fori_loop(0, edge | fast, packed_mask, s) if branch else packed_mask(0, s)  # 0 or 1 trips
+        def column_mask(_, s):  # the run's columns and, on a mixed-fast chunk, the warpgroup's own bits
+            cols = plgpu.broadcasted_iota(jnp.int32, (block_k,), 0, layout=COL)
+            key_slot = jnp.clip(col_lab - j_lo, 0, FAST_K - 1) * FAST_Q
+            word = jnp.full((block_k,), column_word, jnp.int32)
+            selected = (lax.shift_right_logical(word, key_slot) & 1) == 1
+            bias = jnp.where((cols >= lead) & (cols < valid) & selected, 0.0, -jnp.inf)
+            return s + lax.broadcast_in_dim(bias, s.shape, [1])
+
+        if branch:
+            if per_warpgroup:
+                s = lax.fori_loop(0, column_trips, column_mask, s)  # 0 or 1 trips each
+            s = lax.fori_loop(0, packed_trips, packed_mask, s)
+        else:
+            s = packed_mask(0, s)
 
         def slow_mask(_, s):  # each row's own bits of the map over the chunk's key clusters, 32 at a time
             j_hi = k_lab[b, h, start + jnp.maximum(valid, 1) - 1]
@@ -167,9 +190,35 @@ def cluster_mask(tables, at, row0, *, block_k: int, branch: bool = True) -> Tile
             allowed = lax.fori_loop(0, lax.div(j_hi - j_lo, 32) + 1, window, allowed)
             return jnp.where(allowed != 0, s, -jnp.inf)
 
-        return lax.fori_loop(0, mixed - fast, slow_mask, s)  # 0 or 1 trips
+        return lax.fori_loop(0, slow_trips, slow_mask, s)  # 0 or 1 trips
 
     return TileMask(stage1, stage2, apply)
+
+
+def mask_passes(code, bits, rows_fit, single, u_slot, *, block_k: int, per_warpgroup: bool):
+    """Which of :func:`cluster_mask`'s passes a warpgroup runs on a chunk, each 0 or 1 times, and their
+    words: ``(column_trips, packed_trips, slow_trips, column_word, packed_word)``.
+
+    ``code``: the chunk's code; ``bits``: the tile's packed word at the chunk's first key cluster;
+    ``rows_fit``: the tile's query clusters up to the warpgroup's last row fit ``FAST_Q``; ``single``: the
+    warpgroup's rows lie in one query cluster, at slot ``u_slot`` of the tile. Scalars in the kernel,
+    arrays in tests (everything is elementwise int32)."""
+    lead, valid, uniform = decode_chunk(code)
+    edge = ((lead > 0) | (valid < block_k)).astype(jnp.int32)  # interior chunks lie wholly in the run
+    mixed = 1 - uniform
+    fast = mixed * rows_fit * (decode_span(code) < FAST_K).astype(jnp.int32)
+    packed_word = jnp.where(fast == 1, bits, jnp.int32(-1))  # uniform and slow chunks: the run mask only
+    column_word = jnp.where(fast == 1, lax.shift_right_logical(bits, u_slot), jnp.int32(-1))
+    if not per_warpgroup:
+        return 0, edge | fast, mixed - fast, column_word, packed_word  # (a Python 0: no column pass traced)
+    # Bits 0, 4, .. of the warpgroup's word are its selection of the chunk's key clusters; with all of the
+    # chunk's span + 1 clusters selected and no run edge, the chunk needs no mask for this warpgroup.
+    span = jnp.clip(decode_span(code), 0, FAST_K - 1)  # (only used where fast: span < FAST_K)
+    want = lax.shift_right_logical(jnp.full_like(code, 0x11111111), (FAST_K - 1 - span) * FAST_Q)
+    keep_all = ((column_word & want) == want).astype(jnp.int32)
+    masked = (edge | fast) * (1 - (1 - edge) * fast * single * keep_all)
+    by_columns = jnp.maximum(1 - fast, single)  # the run's edge only, or one query cluster
+    return masked * by_columns, masked * (1 - by_columns), mixed - fast, column_word, packed_word
 
 
 def cluster_sparse_attention_mosaic(
@@ -186,6 +235,7 @@ def cluster_sparse_attention_mosaic(
     mask_weight: float | None = None,
     lookahead: int = 1,
     mask_first: bool = False,
+    per_warpgroup_mask: bool = False,
     make_mask=None,
 ) -> Float[Array, "B N H D"]:
     """Run the Mosaic kernel on a plan built with ``block_q=128``, ``block_k`` 64 or 128 and ``row_align=8``
@@ -195,6 +245,10 @@ def cluster_sparse_attention_mosaic(
 
     ``order``: the persistent CTAs' work order (:func:`.mosaic_flash.work_order`); with ``mask_weight`` it
     ranks query tiles by their chunk count plus ``mask_weight`` per chunk that takes a mask.
+
+    ``lookahead``, ``mask_first``: engine options (:func:`.mosaic_flash.sparse_flash_mosaic`);
+    ``per_warpgroup_mask``: :func:`cluster_mask`'s ``per_warpgroup``. All three keep the output bitwise
+    and are off by default until timed on a GPU (``benchmarks/cluster_loads.py``).
 
     ``make_mask`` replaces the kernel's mask (:func:`cluster_mask`, same signature): an ablation hook for
     benchmarks, which then compute something else than the plan's attention."""
@@ -228,7 +282,9 @@ def cluster_sparse_attention_mosaic(
         vp,
         counts=jnp.clip(plan.chunk_counts, 0, width),
         key_row=key_row,
-        make_mask=functools.partial(make_mask or cluster_mask, block_k=bk),
+        make_mask=functools.partial(
+            make_mask or functools.partial(cluster_mask, per_warpgroup=per_warpgroup_mask), block_k=bk
+        ),
         block_k=bk,
         sm_scale=sm_scale,
         num_stages=DEFAULT_STAGES[bk] if num_stages is None else num_stages,

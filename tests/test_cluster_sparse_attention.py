@@ -294,12 +294,23 @@ def test_gpu_mosaic_persistent_ring_across_items(order, programs, block_k, per_s
         dict(order="head_snake", mask_weight=2.4),
         dict(lookahead=2, tiles_per_step=2),
         dict(lookahead=4, mask_first=True),
+        dict(per_warpgroup_mask=True),
+        dict(per_warpgroup_mask=True, lookahead=4, mask_first=True, tiles_per_step=2),
     ],
-    ids=["lookahead2", "mask-first", "snake-weighted", "lookahead2-two-per-step", "lookahead4-mask-first"],
+    ids=[
+        "lookahead2",
+        "mask-first",
+        "snake-weighted",
+        "lookahead2-two-per-step",
+        "lookahead4-mask-first",
+        "per-warpgroup-mask",
+        "all-options-two-per-step",
+    ],
 )
 def test_gpu_mosaic_engine_options_keep_the_output_bitwise(opts):
-    """Loading chunk scalars two steps ahead, masking before the logit scale and other work orders change
-    when and where work is done, not what is computed: the same bits as the default kernel."""
+    """Loading chunk scalars steps ahead, masking before the logit scale, per-warpgroup masks and other
+    work orders change when and where work is done, not what is computed: the same bits as the default
+    kernel. (The per-warpgroup column mask adds 0 or -inf where the default selects: the same bits.)"""
     require_hopper()
     from svg_jax.pallas_kernels.cluster_sparse_attn_mosaic import cluster_sparse_attention_mosaic
 
@@ -386,3 +397,83 @@ def test_map_bitset_holds_every_map_entry(ck):
     unpacked = unpacked.reshape(*bits.shape[:-1], -1)
     np.testing.assert_array_equal(unpacked[..., :ck], np.asarray(cmap))
     assert not unpacked[..., ck:].any()
+
+
+def emulated_mask_errors(plan, per_warpgroup: bool) -> tuple[int, int]:
+    """Replay the Mosaic cluster mask's passes in NumPy (:func:`mask_passes` decides which run, the masks
+    are written out per element here) for every listed chunk and warpgroup of ``plan``, against the truth:
+    a real query row sees column c iff c lies in the chunk's run and the map selects (its cluster, the
+    key's cluster). Returns (wrong elements, warpgroup-chunks that ran no mask pass)."""
+    from svg_jax.pallas_kernels.cluster_sparse_attn_mosaic import (
+        FAST_K,
+        FAST_Q,
+        mask_passes,
+        tile_words,
+    )
+
+    bq, bk = plan.block_q, plan.block_k
+    words = np.asarray(tile_words(plan))
+    q_lab, k_lab, cmap = (np.asarray(x) for x in (plan.q_labels, plan.k_labels, plan.cluster_map != 0))
+    starts, codes, kfirst = (np.asarray(x) for x in (plan.chunk_starts, plan.chunk_codes, plan.chunk_kfirst))
+    counts = np.asarray(plan.chunk_counts)
+    cq = cmap.shape[2] - 1
+    wrong = unmasked = 0
+    for b, h, t in np.ndindex(*counts.shape):
+        c = counts[b, h, t]
+        if c == 0:
+            continue
+        code, start, j_lo = codes[b, h, t, :c], starts[b, h, t, :c], kfirst[b, h, t, :c]
+        bits = words[b, h, t, np.clip(j_lo, 0, words.shape[-1] - 1)]
+        tile_lo = q_lab[b, h, t * bq]
+        for row0 in (t * bq, t * bq + 64):
+            row_lab = q_lab[b, h, row0 : row0 + 64]
+            u_lo, u_hi = row_lab[0], row_lab[-1]
+            flags = dict(
+                rows_fit=np.int32(u_hi - tile_lo < FAST_Q),
+                single=np.int32(u_lo == u_hi),
+                u_slot=np.int32(np.clip(u_lo - tile_lo, 0, FAST_Q - 1)),
+            )
+            passes = mask_passes(
+                jnp.asarray(code), jnp.asarray(bits), **flags, block_k=bk, per_warpgroup=per_warpgroup
+            )
+            col_trips, packed_trips, slow_trips, col_word, packed_word = (
+                np.broadcast_to(np.asarray(x), code.shape) for x in passes
+            )
+            row_slot = np.minimum(row_lab - tile_lo, FAST_Q - 1)
+            real = row_lab < cq
+            for i in range(c):
+                lead, valid, _ = (int(x) for x in decode_chunk(code[i]))
+                col_lab = k_lab[b, h, start[i] : start[i] + bk]
+                in_run = (np.arange(bk) >= lead) & (np.arange(bk) < valid)
+                key_slot = np.clip(col_lab - j_lo[i], 0, FAST_K - 1) * FAST_Q
+                allowed = np.ones((64, bk), bool)
+                if col_trips[i]:
+                    allowed &= (in_run & ((np.uint32(col_word[i]) >> key_slot) & 1 == 1))[None, :]
+                if packed_trips[i]:
+                    row_bits = np.uint32(packed_word[i]) >> row_slot.astype(np.uint32)
+                    allowed &= in_run[None, :] & ((row_bits[:, None] >> key_slot[None, :]) & 1 == 1)
+                if slow_trips[i]:  # the slow path is exact per element (tested on the GPU)
+                    allowed &= cmap[b, h, row_lab[:, None], col_lab[None, :]]
+                truth = in_run[None, :] & cmap[b, h, row_lab[:, None], col_lab[None, :]]
+                wrong += int(np.sum((allowed != truth)[real]))
+                unmasked += int(not (col_trips[i] or packed_trips[i] or slow_trips[i]))
+    return wrong, unmasked
+
+
+@pytest.mark.parametrize("per_warpgroup", [False, True], ids=["packed", "per-warpgroup"])
+@pytest.mark.parametrize(
+    "n, m, cq, ck, density",
+    [(1500, 1300, 8, 30, 0.4), (2000, 1800, 40, 120, 0.3), (900, 1000, 60, 200, 0.5)],
+    ids=["big-clusters", "mixed", "tiny-clusters"],
+)
+def test_mask_passes_give_the_exact_mask(per_warpgroup, n, m, cq, ck, density):
+    """The passes the Mosaic mask runs (decided by ``mask_passes``, default and per warpgroup) mask every
+    listed chunk exactly, and per warpgroup skips more chunks than the default where clusters are larger
+    than a warpgroup."""
+    qs, ks, cmap = random_problem(31, 1, n, m, 2, cq, ck, density)
+    plan = cluster_tile_plan(qs, ks, cmap, num_q=n, num_k=m, block_q=128, block_k=64, row_align=8)
+    wrong, unmasked = emulated_mask_errors(plan, per_warpgroup)
+    assert wrong == 0
+    if per_warpgroup:  # warpgroups inside one query cluster skip wholly selected chunks
+        default = emulated_mask_errors(plan, False)[1]
+        assert unmasked > default if n // cq > 64 else unmasked >= default

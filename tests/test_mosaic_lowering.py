@@ -46,8 +46,17 @@ def test_block_kernel_lowers(block_k, per_step, padded):
         (64, 1, functools.partial(cluster_mask, branch=False), {}),
         (64, 2, None, dict(lookahead=2, mask_first=True)),
         (64, 1, None, dict(lookahead=4)),
+        (64, 2, None, dict(per_warpgroup_mask=True)),
     ],
-    ids=["64", "64-two-per-step", "128", "64-branch-free", "64-lookahead2-mask-first", "64-lookahead4"],
+    ids=[
+        "64",
+        "64-two-per-step",
+        "128",
+        "64-branch-free",
+        "64-lookahead2-mask-first",
+        "64-lookahead4",
+        "64-per-warpgroup-mask",
+    ],
 )
 def test_cluster_kernel_lowers(block_k, per_step, mask, opts):
     b, h, n, d = 1, 2, 1000, 128
