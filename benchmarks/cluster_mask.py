@@ -41,6 +41,7 @@ from svg_jax.pallas_kernels.cluster_sparse_attn_mosaic import (  # noqa: E402
     cluster_sparse_attention_mosaic,
     mask_passes,
     tile_words,
+    warpgroup_flags,
 )
 from svg_jax.pallas_kernels.mosaic_flash import WG_ROWS, TileMask  # noqa: E402
 
@@ -79,12 +80,8 @@ def warpgroup_mix(plan) -> dict:
     width = plan.chunk_codes.shape[-1]
     listed = (jnp.arange(width) < plan.chunk_counts[..., None])[..., None]  # [B, H, nqt, C, 1]
     lab = plan.q_labels.reshape(*plan.q_labels.shape[:2], -1, 2, WG_ROWS)  # [B, H, nqt, 2, 64]
-    u_lo, u_hi, tile_lo = lab[..., 0], lab[..., -1], lab[..., :1, 0]
-    flags = dict(
-        rows_fit=(u_hi - tile_lo < FAST_Q).astype(jnp.int32)[:, :, :, None, :],
-        single=(u_lo == u_hi).astype(jnp.int32)[:, :, :, None, :],
-        u_slot=jnp.clip(u_lo - tile_lo, 0, FAST_Q - 1)[:, :, :, None, :],
-    )
+    flags = warpgroup_flags(lab[..., 0], lab[..., -1], lab[..., :1, 0])  # [B, H, nqt, 2] each
+    flags = {k: f[:, :, :, None, :] for k, f in flags.items()}  # against chunks [B, H, nqt, C, 1]
     ck_last = plan.cluster_map.shape[-1] - 1
     bits = jnp.take_along_axis(tile_words(plan), jnp.clip(plan.chunk_kfirst, 0, ck_last), axis=-1)[..., None]
     code = plan.chunk_codes[..., None]

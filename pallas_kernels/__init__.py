@@ -26,6 +26,7 @@ from .reference import (
     cluster_map_to_mask,
     cluster_sparse_attention_reference,
     masked_attention_reference,
+    padding_key_mask,
 )
 from .top_p import TopPConfig, top_p_mask, top_p_mask_reference
 
@@ -54,6 +55,7 @@ __all__ = [
     "kmeans_assign_reference",
     "masked_attention_reference",
     "padded_rows",
+    "padding_key_mask",
     "permute_tokens",
     "permute_tokens_reference",
     "qk_norm_rope",

@@ -113,11 +113,9 @@ def cluster_mask(
     u_lo = q_lab[b, h, row0]  # the warpgroup's query clusters: u_lo..u_hi (rows are sorted)
     u_hi = q_lab[b, h, row0 + WG_ROWS - 1]
     tile_lo = q_lab[b, h, t * CTA_ROWS]
-    rows_fit = (u_hi - tile_lo < FAST_Q).astype(jnp.int32)
+    flags = warpgroup_flags(u_lo, u_hi, tile_lo)
     row_lab = plgpu.load(q_lab.at[b, h, pl.ds(row0, WG_ROWS)], layout=ROW, optimized=False)
     row_slot = jnp.minimum(row_lab - tile_lo, FAST_Q - 1)  # past FAST_Q - 1 only in slow-path tiles
-    single = (u_lo == u_hi).astype(jnp.int32)  # the warpgroup's rows lie in one query cluster
-    u_slot = jnp.clip(u_lo - tile_lo, 0, FAST_Q - 1)  # its query slot in the packed word (when fast)
 
     def stage1(j):
         j = jnp.minimum(j, width - 1)
@@ -132,9 +130,7 @@ def cluster_mask(
         start, code, j_lo, bits = first
         lead, valid, _ = decode_chunk(code)
         passes = functools.partial(mask_passes, block_k=block_k, per_warpgroup=per_warpgroup)
-        column_trips, packed_trips, slow_trips, column_word, packed_word = passes(
-            code, bits, rows_fit, single, u_slot
-        )
+        column_trips, packed_trips, slow_trips, column_word, packed_word = passes(code, bits, **flags)
 
         def packed_mask(_, s):  # one pass: the run's columns and, on a mixed-fast chunk, the packed map
             # Element (r, c) survives when bit (key slot·FAST_Q + query slot) of the word is set and column c
@@ -193,6 +189,17 @@ def cluster_mask(
         return lax.fori_loop(0, slow_trips, slow_mask, s)  # 0 or 1 trips
 
     return TileMask(stage1, stage2, apply)
+
+
+def warpgroup_flags(u_lo, u_hi, tile_lo) -> dict:
+    """What :func:`mask_passes` needs of a warpgroup whose rows run from query cluster ``u_lo`` to ``u_hi``
+    in a tile starting at ``tile_lo`` (elementwise int32): ``rows_fit`` (the tile's clusters up to its last
+    row fit ``FAST_Q``), ``single`` (its rows lie in one cluster) and ``u_slot`` (that cluster's slot)."""
+    return dict(
+        rows_fit=(u_hi - tile_lo < FAST_Q).astype(jnp.int32),
+        single=(u_lo == u_hi).astype(jnp.int32),
+        u_slot=jnp.clip(u_lo - tile_lo, 0, FAST_Q - 1),
+    )
 
 
 def mask_passes(code, bits, rows_fit, single, u_slot, *, block_k: int, per_warpgroup: bool):

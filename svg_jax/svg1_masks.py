@@ -34,6 +34,8 @@ import math
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
+from svg_jax.pallas_kernels import padding_key_mask
+
 from .layout import TextTokens, VideoLayout
 
 
@@ -118,9 +120,7 @@ def key_padding(layout: VideoLayout, valid_len: Int[Array, " B"]) -> Int[Array, 
 
 def real_keys(layout: VideoLayout, valid_len: Int[Array, " B"]) -> Bool[Array, "B N"]:
     """False on the padding keys of :func:`key_padding`."""
-    pad = key_padding(layout, valid_len)
-    keys = jnp.arange(layout.seq_len, dtype=jnp.int32)[None, :]
-    return (keys < pad[:, :1]) | (keys >= pad[:, 1:])
+    return ~padding_key_mask(key_padding(layout, valid_len), layout.seq_len)
 
 
 def block_flags(geom: TileGeometry, valid_len: Int[Array, " B"]) -> BlockFlags:

@@ -409,6 +409,7 @@ def emulated_mask_errors(plan, per_warpgroup: bool) -> tuple[int, int]:
         FAST_Q,
         mask_passes,
         tile_words,
+        warpgroup_flags,
     )
 
     bq, bk = plan.block_q, plan.block_k
@@ -428,11 +429,7 @@ def emulated_mask_errors(plan, per_warpgroup: bool) -> tuple[int, int]:
         for row0 in (t * bq, t * bq + 64):
             row_lab = q_lab[b, h, row0 : row0 + 64]
             u_lo, u_hi = row_lab[0], row_lab[-1]
-            flags = dict(
-                rows_fit=np.int32(u_hi - tile_lo < FAST_Q),
-                single=np.int32(u_lo == u_hi),
-                u_slot=np.int32(np.clip(u_lo - tile_lo, 0, FAST_Q - 1)),
-            )
+            flags = warpgroup_flags(jnp.int32(u_lo), jnp.int32(u_hi), jnp.int32(tile_lo))
             passes = mask_passes(
                 jnp.asarray(code), jnp.asarray(bits), **flags, block_k=bk, per_warpgroup=per_warpgroup
             )
