@@ -9,10 +9,13 @@ On the Wan 720p SVG2 plan of ``mosaic_steps.py`` (B1 H40 N75600 D128 bf16), kern
   first key cluster or labels (``codes only``); every chunk uniform (``uniform``); no mask. Shipped minus
   ``codes only`` is what the compute warpgroups' per-chunk loads cost; ``codes only`` minus ``no mask``
   is what the mask code costs on the chunks that skip it;
-* options that must keep the output bitwise (checked here at full scale): stage-1 scalars loaded two or
-  four steps ahead (``lookahead``), the mask applied before the logit scale (``mask_first``), and masks
-  decided per warpgroup (``per_warpgroup_mask``: no mask or a column mask where a warpgroup's rows lie in
-  one query cluster).
+* options that must keep the output bitwise (checked here at full scale): masks decided per warpgroup
+  (``per_warpgroup_mask``: no mask or a column mask where a warpgroup's rows lie in one query cluster),
+  the key-label vector loaded only for mixed chunks (``lazy_labels``), and each chunk's packed word read
+  from a per-chunk table instead of behind its first key cluster (``words_per_chunk``).
+  (Stage-1 scalars loaded two or four steps ahead and the mask applied before the logit scale were
+  options too, timed on 2026-12-01 and removed: 34.76 / 36.37 / 34.73 ms against 34.30 shipped, and the
+  latter not bitwise: ``cluster_loads_options_h200_2026-12-01.json``.)
 """
 
 import argparse
@@ -62,12 +65,10 @@ ABLATIONS = {
     "no mask": no_mask,
 }
 OPTIONS = {
-    "lookahead=2": dict(lookahead=2),
-    "lookahead=4": dict(lookahead=4),
-    "mask_first": dict(mask_first=True),
-    "lookahead=4, mask_first": dict(lookahead=4, mask_first=True),
     "per_warpgroup_mask": dict(per_warpgroup_mask=True),
-    "all three": dict(lookahead=4, mask_first=True, per_warpgroup_mask=True),
+    "lazy_labels": dict(lazy_labels=True),
+    "words_per_chunk": dict(words_per_chunk=True),
+    "lazy_labels + words_per_chunk": dict(lazy_labels=True, words_per_chunk=True),
 }
 
 

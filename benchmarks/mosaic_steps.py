@@ -1,19 +1,23 @@
-"""Tiles per softmax step in the Mosaic engine: one 64-row key tile per step against two.
+"""Engine variants of the Mosaic kernels: key tiles per softmax step, ring depth, intra-warpgroup overlap.
 
     python benchmarks/mosaic_steps.py --out benchmarks/results/mosaic_steps_h200.json
+    python benchmarks/mosaic_steps.py --only block svg2 --steps 1,2,0 1,2,1 --rounds 3 \
+        --block-densities 0.1 0.2 0.3 --out …   # overlap off / on
 
 The Mosaic kernels (``pallas_kernels/mosaic_flash.py``) run one online-softmax update per key tile. With
 64-row tiles (what the cluster kernel walks: short run tails) that update's fixed costs (barriers, row
 max and sum, the accumulator rescale) are paid twice as often as with 128-row tiles.
-``tiles_per_step=2`` multiplies Q by two tiles per step instead. Timed here, all at B1 H40 N75600 D128
-bf16 (Wan 720p), each variant against the one-tile kernel's output (relative error):
+``tiles_per_step=2`` multiplies Q by two tiles per step instead; ``overlap`` issues a step's ``Q Kᵀ``
+with the previous step's ``P V`` and runs the softmax while the latter is in flight. A variant is
+``tiles_per_step,num_stages,overlap`` (``--steps``). Timed here, all at B1 H40 N75600 D128 bf16 (Wan
+720p), each variant against the first one's output (relative error):
 
 * ``svg2``: the cluster kernel on the SVG2 preset's seriated plan (Gaussian-mixture tokens, 300 × 1000
   clusters, the plan ``svg2_attention`` builds);
 * ``random``: the cluster kernel on random 300 × 1000 maps (each pair with probability 0.13, what random
   weights look like);
-* ``block``: the block kernel on random lists of 64-row key blocks (density 0.15), and 128-row blocks for
-  scale.
+* ``block``: the block kernel on random lists of 64-row and 128-row key blocks (density 0.15, and
+  ``--block-densities`` more for 128-row blocks).
 
 "ms" is the GPU time of the attention kernel alone (profiled), "loop_ms" the jitted call (with the
 operand padding). Effective TFLOP/s count the computed tiles.
@@ -49,7 +53,8 @@ from svg_jax.pallas_kernels.cluster_sparse_attn_mosaic import cluster_sparse_att
 from svg_jax.svg2 import SVG2Cache, svg2_plan  # noqa: E402
 
 B, N, H, D = 1, 75600, 40, 128
-STEPS = ((1, 2), (2, 4), (1, 4))  # (tiles_per_step, num_stages); (1, 4) separates the deeper ring's share
+# (tiles_per_step, num_stages, overlap); (1, 4) separates the deeper ring's share
+STEPS = ((1, 2, False), (2, 4, False), (1, 4, False), (1, 2, True))  # overlap takes one tile per step
 
 
 def kernel_ms(fn, *args) -> float:
@@ -74,6 +79,7 @@ def ab(name, make_fn, args, computed_flops, useful_flops, dense_ms, rounds, step
                 "problem": name,
                 "tiles_per_step": cfg[0],
                 "num_stages": cfg[1],
+                "overlap": cfg[2],
                 "ms": ms,
                 "loop_ms": statistics.median(loops[cfg]),
                 "loop_samples_ms": loops[cfg],
@@ -82,18 +88,27 @@ def ab(name, make_fn, args, computed_flops, useful_flops, dense_ms, rounds, step
                 "tile_density": computed_flops / attention_flops(B, H, N, N, D),
                 "density": useful_flops / attention_flops(B, H, N, N, D),
                 "ideal_ms": useful_flops / attention_flops(B, H, N, N, D) * dense_ms,
-                "rel_err_vs_one_tile": errs[cfg],
+                "rel_err_vs_first": errs[cfg],
             }
         )
-    columns = ["problem", "tiles_per_step", "num_stages", "ms", "loop_ms", "eff_tflops", "useful_tflops"]
-    print_table(rows, columns + ["tile_density", "rel_err_vs_one_tile"])
+    columns = [
+        "problem",
+        "tiles_per_step",
+        "num_stages",
+        "overlap",
+        "ms",
+        "loop_ms",
+        "eff_tflops",
+        "useful_tflops",
+    ]
+    print_table(rows, columns + ["tile_density", "rel_err_vs_first"])
     return rows
 
 
-def cluster_fn(per_step, stages):
+def cluster_fn(per_step, stages, overlap):
     """The cluster kernel taking the plan as an argument (closed over, XLA folds it as a constant: slow)."""
     return lambda q, k, v, plan: cluster_sparse_attention_mosaic(
-        q, k, v, plan, sm_scale=D**-0.5, num_stages=stages, tiles_per_step=per_step
+        q, k, v, plan, sm_scale=D**-0.5, num_stages=stages, tiles_per_step=per_step, overlap=overlap
     )
 
 
@@ -125,28 +140,53 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--only", nargs="+", default=["svg2", "random", "block"])
+    p.add_argument(
+        "--steps", nargs="+", default=None, help="engine variants as tiles_per_step,num_stages,overlap (0/1)"
+    )
+    p.add_argument("--block-densities", type=float, nargs="*", default=[], help="more 128-row block runs")
     args = p.parse_args(argv)
+    if args.steps is None:
+        args.steps = list(STEPS)
+    else:
+        args.steps = [tuple(int(x) for x in s.split(",")) for s in args.steps]
+        args.steps = [(a, b, bool(c)) for a, b, c in args.steps]
     key = jax.random.key(0)
     dense = time_cudnn_dense(key, B, H, N, D)
     rows = []
     if "svg2" in args.only:
         operands, tiles, useful = svg2_problem(key)
         computed = float(tiles.computed_rows()) * 128 * 4 * D
-        rows += ab("svg2", cluster_fn, (*operands, tiles), computed, useful, dense["median_ms"], args.rounds)
+        rows += ab(
+            "svg2",
+            cluster_fn,
+            (*operands, tiles),
+            computed,
+            useful,
+            dense["median_ms"],
+            args.rounds,
+            args.steps,
+        )
     q, k, v = (jax.random.normal(kk, (B, N, H, D), jnp.bfloat16) for kk in jax.random.split(key, 3))
     if "random" in args.only:
         tiles, useful = random_problem(jax.random.fold_in(key, 13), 0.13)
         computed = float(tiles.computed_rows()) * 128 * 4 * D
         rows += ab(
-            "random 0.13", cluster_fn, (q, k, v, tiles), computed, useful, dense["median_ms"], args.rounds
+            "random 0.13",
+            cluster_fn,
+            (q, k, v, tiles),
+            computed,
+            useful,
+            dense["median_ms"],
+            args.rounds,
+            args.steps,
         )
     if "block" in args.only:
-        for bk in (64, 128):
+        for bk, density in [(64, 0.15), (128, 0.15)] + [(128, d) for d in args.block_densities]:
             nqb, nkb = -(-N // 128), -(-N // bk)
-            idx, cnt = random_block_lists(jax.random.fold_in(key, bk), B, H, nqb, nkb, 0.15)
+            idx, cnt = random_block_lists(jax.random.fold_in(key, bk), B, H, nqb, nkb, density)
             computed = float(jnp.sum(cnt)) * 128 * bk * 4 * D
 
-            def make(per_step, stages, bk=bk, idx=idx, cnt=cnt):
+            def make(per_step, stages, overlap, bk=bk, idx=idx, cnt=cnt):
                 return lambda q, k, v: block_sparse_attention_mosaic(
                     q,
                     k,
@@ -157,11 +197,19 @@ def main(argv=None) -> int:
                     sm_scale=D**-0.5,
                     num_stages=stages,
                     tiles_per_step=per_step,
+                    overlap=overlap,
                 )
 
-            steps = STEPS if bk == 64 else ((1, 2),)  # four 128-row tiles do not fit shared memory
-            rows += ab(
-                f"block {bk}", make, (q, k, v), computed, computed, dense["median_ms"], args.rounds, steps
+            steps = args.steps if bk == 64 else [s for s in args.steps if s[0] == 1 and s[1] <= 3]
+            rows += ab(  # (four 128-row tiles do not fit shared memory)
+                f"block {bk} d={density}",
+                make,
+                (q, k, v),
+                computed,
+                computed,
+                dense["median_ms"],
+                args.rounds,
+                steps,
             )
     write_report(
         args.out, "mosaic_steps", argv, shape=dict(B=B, N=N, H=H, D=D), dense_cudnn=dense, results=rows

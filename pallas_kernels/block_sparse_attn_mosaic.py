@@ -41,9 +41,12 @@ def block_sparse_attention_mosaic(
     num_programs: int | None = None,
     order: str = "head_lpt",
     key_padding: Int[Array, "B 2"] | None = None,
+    overlap: bool | None = None,
     interpret: bool = False,
 ) -> Float[Array, "B N H D"]:
     """The Mosaic GPU kernel on validated inputs (``block_sparse_attention`` checks them first).
+
+    ``overlap``: the engine's intra-warpgroup pipelining (:func:`.mosaic_flash.sparse_flash_mosaic`).
 
     ``interpret=True`` runs Mosaic's GPU simulator on the CPU (slow: tiny shapes only).
     """
@@ -96,6 +99,7 @@ def block_sparse_attention_mosaic(
         tiles_per_step=tiles_per_step,
         num_programs=num_programs,
         order=order,
+        overlap=overlap,
         interpret=interpret,
     )
     return out[:, :n]

@@ -25,8 +25,10 @@ Where the time goes (H200, Wan 720p SVG2 plan, ``benchmarks/cluster_loads.py``):
 warpgroups' per-chunk global loads (the scalars and the key-label vector; with only the chunk code
 loaded, 31.3 ms). The rest is the mask itself on the 13% of chunks that take it, about 1 µs each (a
 warpgroup's softmax, mask included, is on the critical path of the ping-pong); in the SASS its path is
-about 200 instructions, and the logit scale is no longer fused into the exponent's argument. Options
-aimed at both (``lookahead``, ``mask_first``, ``per_warpgroup_mask``) are not yet timed.
+about 200 instructions, and the logit scale is no longer fused into the exponent's argument. Timed and
+not adopted (2026-12-01): loading the scalars two or four steps ahead (34.8 / 36.4 ms against 34.3),
+masking before the scale (34.7) and per-warpgroup masks (``per_warpgroup_mask``, 39.4, although they halve
+the warpgroup-chunks that test bits); the engine's intra-warpgroup overlap leaves this kernel unchanged.
 
 The per-chunk scalars (start, code, first key cluster and the packed word at it) are loaded one chunk
 ahead and the key-label vector before the chunk's ``Q Kᵀ`` (the engine's two load stages), so their
@@ -83,6 +85,23 @@ def tile_words(plan: ClusterTilePlan) -> jax.Array:
     return words
 
 
+def chunk_words(plan: ClusterTilePlan) -> jax.Array:
+    """``[B, H, nqt, width]`` int32: :func:`tile_words` at each chunk's first key cluster, so the kernel
+    loads a chunk's packed word without first waiting for that cluster (one dependent load fewer)."""
+    words = tile_words(plan)
+    return jnp.take_along_axis(words, jnp.clip(plan.chunk_kfirst, 0, words.shape[-1] - 1), axis=3)
+
+
+def needs_key_labels(code):
+    """Whether a chunk's mask reads its key-label vector: only mixed chunks do. A uniform chunk's passes
+    give the same mask for any labels (its words are all ones, and every clipped key slot's bit lies within
+    them), so ``lazy_labels`` leaves :data:`LABELS_SKIPPED` there instead of loading them."""
+    return 1 - decode_chunk(code)[2]
+
+
+LABELS_SKIPPED = 0  # the key-label vector of a chunk that does not need it (``lazy_labels``)
+
+
 def map_bitset(cluster_map: jax.Array) -> jax.Array:
     """``[B, H, Cq+1, W]`` int32: the map's rows as bit sets, bit ``i`` of word ``w`` being
     ``map[u, 32·w + i]``, with a zero word past the end (so two neighbouring words always exist)."""
@@ -94,7 +113,15 @@ def map_bitset(cluster_map: jax.Array) -> jax.Array:
 
 
 def cluster_mask(
-    tables, at, row0, *, block_k: int, branch: bool = True, per_warpgroup: bool = False
+    tables,
+    at,
+    row0,
+    *,
+    block_k: int,
+    branch: bool = True,
+    per_warpgroup: bool = False,
+    lazy_labels: bool = False,
+    words_per_chunk: bool = False,
 ) -> TileMask:
     """The engine's mask: the run's columns on a run's first and last chunks; on mixed chunks the packed-bit
     selection of each row's query cluster, or, where the tile or chunk has too many clusters for one word,
@@ -105,8 +132,13 @@ def cluster_mask(
 
     ``per_warpgroup`` True decides per warpgroup: when its 64 rows lie in one query cluster, a mixed chunk
     is either wholly selected for it (no mask) or masked by columns (a 0 / -inf column bias, one add a
-    logit); only warpgroups spanning several query clusters test bits per element. Same output; not yet
-    timed on a GPU (``benchmarks/cluster_loads.py``)."""
+    logit); only warpgroups spanning several query clusters test bits per element. Same output; slower
+    (39.4 against 34.3 ms on the Wan 720p SVG2 plan, H200, ``benchmarks/cluster_loads.py``).
+
+    ``lazy_labels`` loads the key-label vector only for the chunks that need it (:func:`needs_key_labels`,
+    about 12% on that plan), behind a 0/1-trip loop. ``words_per_chunk`` takes the table's last entry as
+    :func:`chunk_words` (indexed by chunk) instead of :func:`tile_words` (indexed by the chunk's first key
+    cluster). Both keep the output bitwise; not yet timed on a GPU."""
     starts, codes, _, kfirst, q_lab, k_lab, bitmap, words = tables
     b, h, t = at
     width, ck_last = starts.shape[-1], words.shape[-1] - 1
@@ -120,11 +152,16 @@ def cluster_mask(
     def stage1(j):
         j = jnp.minimum(j, width - 1)
         j_lo = kfirst[b, h, t, j]
-        return starts[b, h, t, j], codes[b, h, t, j], j_lo, words[b, h, t, jnp.clip(j_lo, 0, ck_last)]
+        word = words[b, h, t, j] if words_per_chunk else words[b, h, t, jnp.clip(j_lo, 0, ck_last)]
+        return starts[b, h, t, j], codes[b, h, t, j], j_lo, word
 
     def stage2(j, first):
-        start = first[0]
-        return plgpu.load(k_lab.at[b, h, pl.ds(start, block_k)], layout=COL, optimized=False)
+        start, code = first[0], first[1]
+        load = lambda *_: plgpu.load(k_lab.at[b, h, pl.ds(start, block_k)], layout=COL, optimized=False)
+        if not lazy_labels:
+            return load()
+        skipped = plgpu.layout_cast(jnp.full((block_k,), LABELS_SKIPPED, jnp.int32), COL)
+        return lax.fori_loop(0, needs_key_labels(code), load, skipped)  # 0 or 1 trips
 
     def apply(first, col_lab, s):
         start, code, j_lo, bits = first
@@ -240,9 +277,10 @@ def cluster_sparse_attention_mosaic(
     num_programs: int | None = None,
     order: str = "head_lpt",
     mask_weight: float | None = None,
-    lookahead: int = 1,
-    mask_first: bool = False,
+    overlap: bool | None = None,
     per_warpgroup_mask: bool = False,
+    lazy_labels: bool = False,
+    words_per_chunk: bool = False,
     make_mask=None,
 ) -> Float[Array, "B N H D"]:
     """Run the Mosaic kernel on a plan built with ``block_q=128``, ``block_k`` 64 or 128 and ``row_align=8``
@@ -253,9 +291,10 @@ def cluster_sparse_attention_mosaic(
     ``order``: the persistent CTAs' work order (:func:`.mosaic_flash.work_order`); with ``mask_weight`` it
     ranks query tiles by their chunk count plus ``mask_weight`` per chunk that takes a mask.
 
-    ``lookahead``, ``mask_first``: engine options (:func:`.mosaic_flash.sparse_flash_mosaic`);
-    ``per_warpgroup_mask``: :func:`cluster_mask`'s ``per_warpgroup``. All three keep the output bitwise
-    and are off by default until timed on a GPU (``benchmarks/cluster_loads.py``).
+    ``overlap``: the engine's intra-warpgroup pipelining (:func:`.mosaic_flash.sparse_flash_mosaic`).
+    ``per_warpgroup_mask``: :func:`cluster_mask`'s ``per_warpgroup``; keeps the output bitwise, and is off
+    because it was slower (``benchmarks/cluster_loads.py``). ``lazy_labels``, ``words_per_chunk``:
+    :func:`cluster_mask`'s options of the same names (bitwise; off until timed).
 
     ``make_mask`` replaces the kernel's mask (:func:`cluster_mask`, same signature): an ablation hook for
     benchmarks, which then compute something else than the plan's attention."""
@@ -276,7 +315,7 @@ def cluster_sparse_attention_mosaic(
         plan.q_labels,  # rows of nqt·128: vector loads stay aligned
         jnp.pad(plan.k_labels, ((0, 0), (0, 0), (0, mk_pad - mk)), constant_values=ck),  # aligned rows too
         map_bitset(plan.cluster_map),
-        tile_words(plan),
+        chunk_words(plan) if words_per_chunk else tile_words(plan),
     )
 
     def key_row(tables, at, j):  # a multiple of ROW_ALIGN the compiler can see (TMA into 8-row tiles)
@@ -290,7 +329,14 @@ def cluster_sparse_attention_mosaic(
         counts=jnp.clip(plan.chunk_counts, 0, width),
         key_row=key_row,
         make_mask=functools.partial(
-            make_mask or functools.partial(cluster_mask, per_warpgroup=per_warpgroup_mask), block_k=bk
+            make_mask
+            or functools.partial(
+                cluster_mask,
+                per_warpgroup=per_warpgroup_mask,
+                lazy_labels=lazy_labels,
+                words_per_chunk=words_per_chunk,
+            ),
+            block_k=bk,
         ),
         block_k=bk,
         sm_scale=sm_scale,
@@ -299,8 +345,7 @@ def cluster_sparse_attention_mosaic(
         num_programs=num_programs,
         order=order,
         cost=None if mask_weight is None else tile_cost(plan, mask_weight),
-        lookahead=lookahead,
-        mask_first=mask_first,
+        overlap=overlap,
     )
     return out[:, :n]
 

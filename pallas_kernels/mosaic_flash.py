@@ -22,7 +22,9 @@ FlashAttention-3 structure):
   reusing a slot, so the next item's first tiles load while the current item finishes;
 * warpgroups 0 and 1 each own 64 query rows: ``S = Q Kᵀ`` by wgmma from shared memory, base-2 online
   softmax in registers, ``O += P V`` by wgmma with ``P`` in registers; a shared "schedule" barrier
-  alternates them so one warpgroup's softmax overlaps the other's matrix multiplies. With
+  alternates them so one warpgroup's softmax overlaps the other's matrix multiplies. By default (``overlap``)
+  a warpgroup also overlaps its own softmax of step ``j`` with its ``P V`` of step ``j - 1``
+  (FlashAttention-3's intra-warpgroup pipelining; +2–6% for the block kernel on the H200). With
   ``tiles_per_step=2`` a step takes two key tiles (two wgmmas each way, one softmax update): +5% for
   64-row block lists, nothing for the cluster kernel's chunk lists (H200, ``benchmarks/mosaic_steps.py``).
 
@@ -48,13 +50,6 @@ MOSAIC_DTYPES = (jnp.bfloat16, jnp.float16)
 # online-softmax update over both, which halves the per-step costs (barriers, row max/sum, the rescale
 # of the accumulator) for 64-row tiles at the price of a padding tile at the end of an odd list.
 TILES_PER_STEP = (1, 2)
-# Steps ahead that a mask's stage-1 scalars are loaded. Per-chunk global loads by the compute warpgroups
-# cost about 3 ms of the Wan 720p SVG2 plan's ~34.5 (H200, ablation in benchmarks/cluster_loads.py). They
-# cannot cost that in issue slots (a few loads per step), so latency is the suspect: each 128-byte line of
-# a per-chunk table serves 32 chunks, and the first chunk of each line waits for DRAM with only one step
-# (~1 µs) to hide it. 2 and 4 give the scalars more steps (a queue in registers) and issue stage 2 (the
-# cluster kernel's key-label vector) a step early. Not yet timed.
-LOOKAHEADS = (1, 2, 4)
 SMEM_BYTES = 227 * 1024  # dynamic shared memory of one sm90 CTA
 ROW = plgpu.Layout.WGMMA.reduce(1)  # one value per logits row
 COL = plgpu.Layout.WGMMA.reduce(0)  # one value per logits column
@@ -112,8 +107,7 @@ def _kernel(
     sm_scale,
     stages,
     tiles_per_step,
-    lookahead,
-    mask_first,
+    overlap,
     dtype,
 ):
     key_row, make_mask = walk
@@ -154,11 +148,7 @@ def _kernel(
             row0 = qt * CTA_ROWS + wg * WG_ROWS
             plgpu.copy_gmem_to_smem(q_ref.at[batch, pl.ds(row0, WG_ROWS), head], qo_smem, q_ready.at[wg])
             mask = make_mask(tables, at, row0) if make_mask is not None else None
-            # The prologue: stage 1 of the first `lookahead` steps' tiles (a queue, oldest first) and, with
-            # lookahead >= 2, stage 2 of the first step's tiles (then issued one step ahead as well).
-            meta = tuple(mask.stage1(i) for i in range(per * lookahead)) if mask is not None else ()
-            early = mask is not None and lookahead >= 2
-            second = tuple(mask.stage2(i, meta[i]) for i in range(per)) if early else ()
+            meta = tuple(mask.stage1(i) for i in range(per)) if mask is not None else ()  # step 0's stage 1
             plgpu.barrier_wait(q_ready.at[wg])
             m_i = plgpu.layout_cast(jnp.full((WG_ROWS,), -jnp.inf, jnp.float32), ROW)
             l_i = plgpu.layout_cast(jnp.full((WG_ROWS,), 0.0, jnp.float32), ROW)
@@ -171,36 +161,33 @@ def _kernel(
 
             pl.when(wg == 1)(schedule_sync)
 
-            def step(p, carry):
-                acc, m_i, l_i, meta, second = carry
-                j0 = p * per  # this step's tiles: j0 .. j0 + per - 1
-                slots = [ring(base + j0 + i) for i in range(per)]
-                if mask is not None:  # stage 1 of these tiles came earlier; issue stage 2 and the next
-                    firsts = meta[:per]
-                    if early:  # this step's stage 2 came a step earlier too; issue the next step's
-                        seconds = second
-                        second = tuple(mask.stage2(j0 + per + i, meta[per + i]) for i in range(per))
-                    else:
-                        seconds = [mask.stage2(j0 + i, firsts[i]) for i in range(per)]
-                    meta = meta[per:] + tuple(mask.stage1(j0 + per * lookahead + i) for i in range(per))
+            def slots_of(p):  # the ring slots of step p's tiles
+                return [ring(base + p * per + i) for i in range(per)]
 
-                def qk(*acc_refs):
-                    for slot, acc_ref in zip(slots, acc_refs, strict=True):
-                        plgpu.wgmma(acc_ref, qo_smem, k_smem.at[slot].transpose((1, 0)))
-                    schedule_sync()
-                    return tuple(acc_ref[...] for acc_ref in acc_refs)
+            def mask_loads(p, meta):  # stage 2 of step p's tiles (stage 1 came a step earlier) and the next
+                if mask is None:
+                    return (), (), ()
+                seconds = [mask.stage2(p * per + i, meta[i]) for i in range(per)]
+                return meta, seconds, tuple(mask.stage1((p + 1) * per + i) for i in range(per))
 
-                ss = pl.run_scoped(qk, *[plgpu.ACC((WG_ROWS, block_k), jnp.float32)] * per)
-                for slot in slots:
-                    plgpu.barrier_arrive(k_free.at[slot])
-                if mask is not None and mask_first:
-                    ss = [mask.apply(firsts[i], seconds[i], s) for i, s in enumerate(ss)]
+            def issue_qk(slots, s_refs):
+                for slot, s_ref in zip(slots, s_refs, strict=True):
+                    plgpu.wgmma(s_ref, qo_smem, k_smem.at[slot].transpose((1, 0)))
+
+            def issue_pv(o_ref, slots, p16):
+                for slot, p_ in zip(slots, p16, strict=True):
+                    plgpu.wgmma(o_ref, p_, v_smem.at[slot])
+
+            def logits(p, ss, firsts, seconds):  # scaled to base 2 and masked
                 ss = [s * (sm_scale * LOG2E) for s in ss]
-                if mask is not None and not mask_first:
+                if mask is not None:
                     ss = [mask.apply(firsts[i], seconds[i], s) for i, s in enumerate(ss)]
                 for i in range(1, per):  # the padding tile past an odd list's end sees nothing (0/1 trips)
-                    pad = (j0 + i >= count).astype(jnp.int32)
+                    pad = (p * per + i >= count).astype(jnp.int32)
                     ss[i] = lax.fori_loop(0, pad, lambda _, s: jnp.minimum(s, -jnp.inf), ss[i])
+                return ss
+
+            def softmax(ss, m_i, l_i, p_dtype=dtype):  # the online update: new max, rescale, row sums, P
                 m_new = m_i
                 for s in ss:
                     m_new = jnp.maximum(m_new, s.max(axis=1))
@@ -210,32 +197,118 @@ def _kernel(
                     m_use = m_new
                 alpha = jnp.exp2(m_i - m_use)
                 ps = [jnp.exp2(s - lax.broadcast_in_dim(m_use, s.shape, [0])) for s in ss]
-                acc = acc * lax.broadcast_in_dim(alpha, acc.shape, [0])
                 l_i = l_i * alpha
                 for p_ in ps:
                     l_i = l_i + p_.sum(axis=1)
-                p16 = tuple(p_.astype(dtype) for p_ in ps)
+                return m_new, alpha, l_i, tuple(p_.astype(p_dtype) for p_ in ps)
+
+            def scores(slots):  # S = Q Kᵀ of these tiles, waited for; then their K slots are free
+                def qk(*s_refs):
+                    issue_qk(slots, s_refs)
+                    schedule_sync()
+                    return tuple(s_ref[...] for s_ref in s_refs)
+
+                ss = pl.run_scoped(qk, *[plgpu.ACC((WG_ROWS, block_k), jnp.float32)] * per)
+                for slot in slots:
+                    plgpu.barrier_arrive(k_free.at[slot])
+                return ss
+
+            def rescale(acc, alpha):
+                return acc * lax.broadcast_in_dim(alpha, acc.shape, [0])
+
+            def step(p, carry):  # Q Kᵀ, softmax, then P V: the other warpgroup's GEMMs hide the softmax
+                acc, m_i, l_i, meta = carry
+                slots = slots_of(p)
+                firsts, seconds, meta = mask_loads(p, meta)
+                ss = scores(slots)
+                m_new, alpha, l_i, p16 = softmax(logits(p, ss, firsts, seconds), m_i, l_i)
+                acc = rescale(acc, alpha)
                 acc, l_i, m_new, p16 = lax.optimization_barrier((acc, l_i, m_new, p16))
                 plgpu.barrier_arrive(schedule)  # softmax done
                 for slot in slots:
                     plgpu.barrier_wait(v_ready.at[slot])
                 plgpu.barrier_wait(schedule)  # tensor cores free
 
-                def pv(acc_ref):
-                    for slot, p_ in zip(slots, p16, strict=True):
-                        plgpu.wgmma(acc_ref, p_, v_smem.at[slot])
+                def pv(o_ref):
+                    issue_pv(o_ref, slots, p16)
 
                     @pl.when(p + 1 < n_steps)
                     def _():
                         for i in range(per):
-                            plgpu.barrier_wait(k_ready.at[ring(base + j0 + per + i)])
+                            plgpu.barrier_wait(k_ready.at[ring(base + (p + 1) * per + i)])
 
                 acc = pl.run_state(pv)(plgpu.ACC.init(acc))
                 for slot in slots:
                     plgpu.barrier_arrive(v_free.at[slot])
-                return acc, m_new, l_i, meta, second
+                return acc, m_new, l_i, meta
 
-            acc, m_i, l_i, _, _ = lax.fori_loop(0, n_steps, step, (acc, m_i, l_i, meta, second))
+            def first_step(_, carry):  # overlap: step 0 is Q K_0 and its softmax alone
+                acc, m_i, l_i, _, meta = carry
+                slots = slots_of(0)
+                firsts, seconds, meta = mask_loads(0, meta)
+                ss = scores(slots)
+                m_new, _, l_i, p16 = softmax(logits(0, ss, firsts, seconds), m_i, l_i)
+                l_i, m_new, p16 = lax.optimization_barrier((l_i, m_new, p16))
+                schedule_sync()
+                return acc, m_new, l_i, p16, meta
+
+            def overlapped_step(p, carry):  # overlap: Q K_p and P_{p-1} V_{p-1} in flight, then softmax p
+                acc, m_i, l_i, p16, meta = carry
+                slots, prev = slots_of(p), slots_of(p - 1)
+                firsts, seconds, meta = mask_loads(p, meta)
+                for slot, slot_prev in zip(slots, prev, strict=True):
+                    plgpu.barrier_wait(k_ready.at[slot])
+                    plgpu.barrier_wait(v_ready.at[slot_prev])
+
+                # ptxas serializes every wgmma if a non-wgmma instruction writes a wgmma input register while
+                # one is in flight, so P stays float32 here and becomes P16 (the next input) after the wait.
+                def body(refs):
+                    o_ref, m_ref, l_ref, alpha_ref, p_refs = refs
+
+                    def qk(*s_refs):
+                        issue_qk(slots, s_refs)
+                        issue_pv(o_ref, prev, p16)
+                        schedule_sync()
+                        # wgmma groups retire in order: with `per` P V groups left, every Q Kᵀ is done
+                        return tuple(plgpu.wgmma_accumulator_load(s_ref, wait_n=per) for s_ref in s_refs)
+
+                    ss = pl.run_scoped(qk, *[plgpu.ACC((WG_ROWS, block_k), jnp.float32)] * per)
+                    for slot in slots:
+                        plgpu.barrier_arrive(k_free.at[slot])
+                    ss = logits(p, ss, firsts, seconds)
+                    m_new, alpha, l_new, p_new = softmax(ss, m_ref[...], l_ref[...], jnp.float32)
+                    l_new, m_new, alpha, p_new = lax.optimization_barrier((l_new, m_new, alpha, p_new))
+                    m_ref[...], l_ref[...], alpha_ref[...] = m_new, l_new, alpha
+                    for p_ref, p_ in zip(p_refs, p_new, strict=True):
+                        p_ref[...] = p_
+                    plgpu.barrier_arrive(schedule)  # softmax done
+
+                zeros = jnp.zeros((WG_ROWS, block_k), jnp.float32)  # (overwritten: only shapes matter)
+                p32 = (plgpu.layout_cast(zeros, plgpu.Layout.WGMMA),) * per
+                acc, m_new, l_i, alpha, p32 = pl.run_state(body)((plgpu.ACC.init(acc), m_i, l_i, m_i, p32))
+                for slot in prev:
+                    plgpu.barrier_arrive(v_free.at[slot])
+                p16 = tuple(p_.astype(dtype) for p_ in p32)
+                plgpu.barrier_wait(schedule)  # tensor cores free
+                return rescale(acc, alpha), m_new, l_i, p16, meta
+
+            def last_pv(acc, p16):  # overlap: the last step's P V
+                slots = slots_of(n_steps - 1)
+                for slot in slots:
+                    plgpu.barrier_wait(v_ready.at[slot])
+                acc = pl.run_state(lambda o_ref: issue_pv(o_ref, slots, p16))(plgpu.ACC.init(acc))
+                for slot in slots:
+                    plgpu.barrier_arrive(v_free.at[slot])
+                return acc
+
+            if overlap:
+                p16 = (plgpu.layout_cast(jnp.zeros((WG_ROWS, block_k), dtype), plgpu.Layout.WGMMA),) * per
+                carry = (acc, m_i, l_i, p16, meta)
+                carry = lax.fori_loop(0, jnp.minimum(n_steps, 1), first_step, carry)
+                acc, m_i, l_i, p16, _ = lax.fori_loop(1, n_steps, overlapped_step, carry)
+                acc = lax.fori_loop(0, jnp.minimum(n_steps, 1), lambda _, acc: last_pv(acc, p16), acc)
+            else:
+                acc, m_i, l_i, _ = lax.fori_loop(0, n_steps, step, (acc, m_i, l_i, meta))
             pl.when(wg == 0)(schedule_sync)
             # Rows that saw no key have l = 0 and acc = 0: output zeros, not NaN.
             acc = acc / lax.broadcast_in_dim(jnp.maximum(l_i, 1e-30), acc.shape, [0])
@@ -350,8 +423,7 @@ def sparse_flash_mosaic(
     order: str = "head_lpt",
     num_programs: int | None = None,
     cost: jax.Array | None = None,
-    lookahead: int = 1,
-    mask_first: bool = False,
+    overlap: bool | None = None,
     interpret: bool = False,
 ) -> jax.Array:
     """Launch on padded operands: q ``[B, nqt·128, H, D]``; k, v ``[B, Mk, H, D]`` with every listed tile
@@ -365,15 +437,22 @@ def sparse_flash_mosaic(
     ``tiles_per_step`` 2 walks the lists two tiles per softmax step (:data:`TILES_PER_STEP`); the ring then
     holds at least 4 tiles. ``order`` and ``cost``: see :func:`work_order`.
 
-    ``lookahead``: steps ahead that the mask's stage 1 loads (:data:`LOOKAHEADS`); from 2 on, stage 2 is
-    issued a step early too. ``mask_first`` applies the mask to the raw logits, before the softmax scale
-    (same result: masked logits are -inf either way), so the compiler can fuse the scale into the
-    exponent's argument.
+    ``overlap`` (default: on with one tile per step) adds FlashAttention-3's intra-warpgroup pipelining to
+    the ping-pong: a warpgroup issues ``Q Kᵀ`` of step ``j`` and ``P V`` of step ``j - 1`` together, waits
+    only for the first, and runs step ``j``'s softmax while its own ``P V`` is in flight; the accumulator
+    is rescaled after it lands (the same sum in another order). H200, B1 H40 N75600 D128: the block
+    kernel's 128-row tiles at density 0.1–0.3 go from 548–574 to 563–597 effective TFLOP/s; the cluster
+    kernel on the SVG2 plan is unchanged (``benchmarks/mosaic_steps.py``).
     """
     if tiles_per_step not in TILES_PER_STEP:
         raise ValueError(f"tiles_per_step must be one of {TILES_PER_STEP}; got {tiles_per_step!r}")
-    if lookahead not in LOOKAHEADS:
-        raise ValueError(f"lookahead must be one of {LOOKAHEADS}; got {lookahead!r}")
+    if overlap is None:
+        overlap = tiles_per_step == 1
+    if overlap and tiles_per_step != 1:
+        raise ValueError(
+            "overlap=True takes tiles_per_step=1 (with 2 it ran 2x slower on the Wan 720p SVG2 plan, H200); "
+            f"got tiles_per_step={tiles_per_step}"
+        )
     b, nq, h, d = q.shape
     stages = max(2 * tiles_per_step, num_stages)  # a step holds its tiles while the next ones load
     smem = (2 * WG_ROWS + 2 * stages * block_k) * d * q.dtype.itemsize  # Q/O buffers + the K/V ring
@@ -408,8 +487,7 @@ def sparse_flash_mosaic(
                 sm_scale=sm_scale,
                 stages=stages,
                 tiles_per_step=tiles_per_step,
-                lookahead=lookahead,
-                mask_first=mask_first,
+                overlap=overlap,
                 dtype=q.dtype,
             ),
             (

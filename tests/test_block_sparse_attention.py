@@ -162,13 +162,22 @@ def test_gpu_mosaic_matches_reference(dtype, b, h, n, m, d, block_k, density):
 @pytest.mark.gpu
 @pytest.mark.parametrize("order", ["head_lpt", "head", "lpt", "interleave"])
 @pytest.mark.parametrize(
-    "programs, block_k, stages, per_step",
-    [(3, 64, 2, 1), (5, 128, 2, 1), (2, 64, 3, 1), (3, 64, 4, 2), (2, 64, 5, 2)],
+    "programs, block_k, stages, per_step, overlap",
+    [
+        (3, 64, 2, 1, False),
+        (5, 128, 2, 1, False),
+        (2, 64, 3, 1, False),
+        (3, 64, 4, 2, False),
+        (2, 64, 5, 2, False),
+        (5, 128, 2, 1, True),
+        (2, 64, 3, 1, True),
+        (3, 64, 4, 1, True),
+    ],
 )
-def test_gpu_mosaic_persistent_ring_across_items(order, programs, block_k, stages, per_step):
+def test_gpu_mosaic_persistent_ring_across_items(order, programs, block_k, stages, per_step, overlap):
     """Few persistent CTAs, each dealt many items of uneven (and zero) length: the K/V ring, the barrier
     phases and the Q/O buffer carry across items, in every work order; with two tiles per step, lists of
-    odd length end on a padding tile."""
+    odd length end on a padding tile; with the intra-warpgroup overlap, one P V trails each item."""
     require_hopper()
     from svg_jax.pallas_kernels.block_sparse_attn_mosaic import block_sparse_attention_mosaic
 
@@ -177,7 +186,12 @@ def test_gpu_mosaic_persistent_ring_across_items(order, programs, block_k, stage
     idx, cnt = random_lists(15, b, h, -(-n // 128), -(-m // block_k), 0.5)
     cnt = cnt.at[0, 1].set(0).at[1, :, 3].set(1)  # whole heads of empty lists, and single tiles
     opts = dict(
-        block_k=block_k, num_stages=stages, tiles_per_step=per_step, num_programs=programs, order=order
+        block_k=block_k,
+        num_stages=stages,
+        tiles_per_step=per_step,
+        num_programs=programs,
+        order=order,
+        overlap=overlap,
     )
     fn = functools.partial(block_sparse_attention_mosaic, sm_scale=d**-0.5, **opts)
     out = jax.jit(fn)(q, k, v, idx, cnt)
@@ -295,17 +309,20 @@ def test_bad_key_padding_is_refused(pad, match):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("block_k, m", [(128, 1000), (64, 1024), (128, 1024)])
-def test_gpu_mosaic_key_padding(block_k, m):
-    """The Mosaic kernel masks the padding range on the tiles that cross it (and the columns past M)."""
+@pytest.mark.parametrize("overlap", [False, True], ids=["ping-pong", "overlap"])
+def test_gpu_mosaic_key_padding(block_k, m, overlap):
+    """The Mosaic kernel masks the padding range on the tiles that cross it (and the columns past M), also
+    with the intra-warpgroup overlap (rows masked everywhere so far carry m = -inf through it)."""
     require_hopper()
+    from svg_jax.pallas_kernels.block_sparse_attn_mosaic import block_sparse_attention_mosaic
+
     b, h, n, d = 4, 2, 700, 128
     q, k, v = random_qkv(43, b, n, m, h, d, jnp.bfloat16)
     idx, cnt = random_lists(44, b, h, -(-n // 128), -(-m // block_k), 0.6)
     pad = jnp.array([[m, m], [0, m], [200, 333], [m - 100, m]], jnp.int32)
     blocks = dict(block_q=128, block_k=block_k, key_padding=pad)
-    out = jax.jit(functools.partial(block_sparse_attention, implementation="pallas_mosaic", **blocks))(
-        q, k, v, idx, cnt
-    )
+    fn = functools.partial(block_sparse_attention_mosaic, sm_scale=d**-0.5, overlap=overlap, **blocks)
+    out = jax.jit(fn)(q, k, v, idx, cnt)
     ref = block_sparse_attention_reference(q, k, v, idx, cnt, **blocks)
     assert_close(out, ref, jnp.bfloat16)
     assert float(jnp.abs(out[1].astype(jnp.float32)).max()) == 0.0

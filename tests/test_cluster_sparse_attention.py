@@ -266,10 +266,13 @@ def test_gpu_mosaic_matches_reference(dtype, b, h, n, m, d, cq, ck, block_k, den
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("order", ["head_lpt", "interleave"])
-@pytest.mark.parametrize("programs, block_k, per_step", [(3, 64, 1), (4, 128, 1), (3, 64, 2)])
-def test_gpu_mosaic_persistent_ring_across_items(order, programs, block_k, per_step):
+@pytest.mark.parametrize(
+    "programs, block_k, per_step, overlap",
+    [(3, 64, 1, False), (4, 128, 1, False), (3, 64, 2, False), (3, 64, 1, True), (4, 128, 1, True)],
+)
+def test_gpu_mosaic_persistent_ring_across_items(order, programs, block_k, per_step, overlap):
     """Few persistent CTAs dealt many items each (some with no chunks): same result as the oracle, also
-    walking two chunks per step (odd lists end on a padding chunk)."""
+    walking two chunks per step (odd lists end on a padding chunk) and with the intra-warpgroup overlap."""
     require_hopper()
     from svg_jax.pallas_kernels.cluster_sparse_attn_mosaic import cluster_sparse_attention_mosaic
 
@@ -279,7 +282,7 @@ def test_gpu_mosaic_persistent_ring_across_items(order, programs, block_k, per_s
     cmap = cmap.at[:, :, :3].set(False)  # the first query clusters select nothing: empty tiles
     plan = cluster_tile_plan(qs, ks, cmap, num_q=n, num_k=m, block_q=128, block_k=block_k, row_align=8)
     opts = dict(sm_scale=d**-0.5, num_programs=programs, order=order, tiles_per_step=per_step)
-    fn = functools.partial(cluster_sparse_attention_mosaic, **opts)
+    fn = functools.partial(cluster_sparse_attention_mosaic, overlap=overlap, **opts)
     out = jax.jit(fn)(q, k, v, plan)
     ref = jax.jit(cluster_sparse_attention_reference)(q, k, v, qs, ks, cmap)
     assert_close(out, ref, jnp.bfloat16)
@@ -289,28 +292,26 @@ def test_gpu_mosaic_persistent_ring_across_items(order, programs, block_k, per_s
 @pytest.mark.parametrize(
     "opts",
     [
-        dict(lookahead=2),
-        dict(mask_first=True),
         dict(order="head_snake", mask_weight=2.4),
-        dict(lookahead=2, tiles_per_step=2),
-        dict(lookahead=4, mask_first=True),
         dict(per_warpgroup_mask=True),
-        dict(per_warpgroup_mask=True, lookahead=4, mask_first=True, tiles_per_step=2),
+        dict(per_warpgroup_mask=True, tiles_per_step=2),
+        dict(lazy_labels=True),
+        dict(words_per_chunk=True),
+        dict(lazy_labels=True, words_per_chunk=True, per_warpgroup_mask=True, tiles_per_step=2),
     ],
     ids=[
-        "lookahead2",
-        "mask-first",
         "snake-weighted",
-        "lookahead2-two-per-step",
-        "lookahead4-mask-first",
         "per-warpgroup-mask",
-        "all-options-two-per-step",
+        "per-warpgroup-mask-two-per-step",
+        "lazy-labels",
+        "words-per-chunk",
+        "lazy-words-per-warpgroup-two-per-step",
     ],
 )
 def test_gpu_mosaic_engine_options_keep_the_output_bitwise(opts):
-    """Loading chunk scalars steps ahead, masking before the logit scale, per-warpgroup masks and other
-    work orders change when and where work is done, not what is computed: the same bits as the default
-    kernel. (The per-warpgroup column mask adds 0 or -inf where the default selects: the same bits.)"""
+    """Per-warpgroup masks, skipped label loads, per-chunk words and other work orders change when and
+    where work is done, not what is computed: the same bits as the default kernel. (The per-warpgroup
+    column mask adds 0 or -inf where the default selects: the same bits.)"""
     require_hopper()
     from svg_jax.pallas_kernels.cluster_sparse_attn_mosaic import cluster_sparse_attention_mosaic
 
@@ -345,22 +346,22 @@ def test_mosaic_refuses_unsupported_inputs(dtype, d, block_q, block_k, match):
         )
 
 
+def test_mosaic_refuses_overlap_with_two_tiles_per_step():
+    from svg_jax.pallas_kernels.cluster_sparse_attn_mosaic import cluster_sparse_attention_mosaic
+
+    q, k, v = random_qkv(25, 1, 256, 256, 1, 128, jnp.bfloat16)
+    qs, ks, cmap = random_problem(26, 1, 256, 256, 1, 3, 4, 0.5)
+    plan = cluster_tile_plan(qs, ks, cmap, num_q=256, num_k=256, block_q=128, block_k=64, row_align=8)
+    with pytest.raises(ValueError, match="overlap=True takes tiles_per_step=1"):
+        cluster_sparse_attention_mosaic(q, k, v, plan, sm_scale=0.1, overlap=True, tiles_per_step=2)
+
+
 def test_mosaic_refuses_unaligned_plan():
     q, k, v = random_qkv(25, 1, 256, 256, 1, 128, jnp.bfloat16)
     qs, ks, cmap = random_problem(26, 1, 256, 256, 1, 3, 4, 0.5)
     plan = cluster_tile_plan(qs, ks, cmap, num_q=256, num_k=256, block_q=128, block_k=64)
     with pytest.raises(ValueError, match="row_align=8"):
         cluster_sparse_attention_from_plan(q, k, v, plan, implementation="pallas_mosaic")
-
-
-def test_mosaic_refuses_a_bad_lookahead():
-    from svg_jax.pallas_kernels.cluster_sparse_attn_mosaic import cluster_sparse_attention_mosaic
-
-    q, k, v = random_qkv(25, 1, 256, 256, 1, 128, jnp.bfloat16)
-    qs, ks, cmap = random_problem(26, 1, 256, 256, 1, 3, 4, 0.5)
-    plan = cluster_tile_plan(qs, ks, cmap, num_q=256, num_k=256, block_q=128, block_k=64, row_align=8)
-    with pytest.raises(ValueError, match="lookahead must be one of"):
-        cluster_sparse_attention_mosaic(q, k, v, plan, sm_scale=0.1, lookahead=3)
 
 
 def test_tile_words_pack_the_fast_path_map():
@@ -399,21 +400,26 @@ def test_map_bitset_holds_every_map_entry(ck):
     assert not unpacked[..., ck:].any()
 
 
-def emulated_mask_errors(plan, per_warpgroup: bool) -> tuple[int, int]:
+def emulated_mask_errors(plan, per_warpgroup: bool, lazy_labels: bool = False) -> tuple[int, int]:
     """Replay the Mosaic cluster mask's passes in NumPy (:func:`mask_passes` decides which run, the masks
     are written out per element here) for every listed chunk and warpgroup of ``plan``, against the truth:
     a real query row sees column c iff c lies in the chunk's run and the map selects (its cluster, the
-    key's cluster). Returns (wrong elements, warpgroup-chunks that ran no mask pass)."""
+    key's cluster). With ``lazy_labels`` the chunks that skip the label load see ``LABELS_SKIPPED``.
+    Returns (wrong elements, warpgroup-chunks that ran no mask pass)."""
     from svg_jax.pallas_kernels.cluster_sparse_attn_mosaic import (
         FAST_K,
         FAST_Q,
+        LABELS_SKIPPED,
+        chunk_words,
         mask_passes,
+        needs_key_labels,
         tile_words,
         warpgroup_flags,
     )
 
     bq, bk = plan.block_q, plan.block_k
     words = np.asarray(tile_words(plan))
+    per_chunk = np.asarray(chunk_words(plan))
     q_lab, k_lab, cmap = (np.asarray(x) for x in (plan.q_labels, plan.k_labels, plan.cluster_map != 0))
     starts, codes, kfirst = (np.asarray(x) for x in (plan.chunk_starts, plan.chunk_codes, plan.chunk_kfirst))
     counts = np.asarray(plan.chunk_counts)
@@ -425,6 +431,7 @@ def emulated_mask_errors(plan, per_warpgroup: bool) -> tuple[int, int]:
             continue
         code, start, j_lo = codes[b, h, t, :c], starts[b, h, t, :c], kfirst[b, h, t, :c]
         bits = words[b, h, t, np.clip(j_lo, 0, words.shape[-1] - 1)]
+        np.testing.assert_array_equal(per_chunk[b, h, t, :c], bits)  # words_per_chunk loads the same words
         tile_lo = q_lab[b, h, t * bq]
         for row0 in (t * bq, t * bq + 64):
             row_lab = q_lab[b, h, row0 : row0 + 64]
@@ -440,7 +447,9 @@ def emulated_mask_errors(plan, per_warpgroup: bool) -> tuple[int, int]:
             real = row_lab < cq
             for i in range(c):
                 lead, valid, _ = (int(x) for x in decode_chunk(code[i]))
-                col_lab = k_lab[b, h, start[i] : start[i] + bk]
+                true_lab = col_lab = k_lab[b, h, start[i] : start[i] + bk]
+                if lazy_labels and not needs_key_labels(int(code[i])):
+                    col_lab = np.full(bk, LABELS_SKIPPED)
                 in_run = (np.arange(bk) >= lead) & (np.arange(bk) < valid)
                 key_slot = np.clip(col_lab - j_lo[i], 0, FAST_K - 1) * FAST_Q
                 allowed = np.ones((64, bk), bool)
@@ -451,7 +460,7 @@ def emulated_mask_errors(plan, per_warpgroup: bool) -> tuple[int, int]:
                     allowed &= in_run[None, :] & ((row_bits[:, None] >> key_slot[None, :]) & 1 == 1)
                 if slow_trips[i]:  # the slow path is exact per element (tested on the GPU)
                     allowed &= cmap[b, h, row_lab[:, None], col_lab[None, :]]
-                truth = in_run[None, :] & cmap[b, h, row_lab[:, None], col_lab[None, :]]
+                truth = in_run[None, :] & cmap[b, h, row_lab[:, None], true_lab[None, :]]
                 wrong += int(np.sum((allowed != truth)[real]))
                 unmasked += int(not (col_trips[i] or packed_trips[i] or slow_trips[i]))
     return wrong, unmasked
@@ -471,4 +480,6 @@ def test_mask_passes_give_the_exact_mask(n, m, cq, ck, density):
     wrong, unmasked = emulated_mask_errors(plan, per_warpgroup=False)
     wrong_wg, unmasked_wg = emulated_mask_errors(plan, per_warpgroup=True)
     assert (wrong, wrong_wg) == (0, 0)
+    lazy = [emulated_mask_errors(plan, per_warpgroup=wg, lazy_labels=True) for wg in (False, True)]
+    assert lazy == [(0, unmasked), (0, unmasked_wg)]  # uniform chunks mask the same without their labels
     assert unmasked_wg > unmasked if n // cq > 64 else unmasked_wg >= unmasked

@@ -23,16 +23,24 @@ def lowered(fn, *args) -> str:
 
 
 @pytest.mark.parametrize(
-    "block_k, per_step, padded", [(64, 1, False), (64, 2, False), (128, 1, False), (128, 1, True)]
+    "block_k, per_step, padded, overlap",
+    [
+        (64, 1, False, False),
+        (64, 2, False, False),
+        (128, 1, False, False),
+        (128, 1, True, False),
+        (128, 1, False, True),
+        (64, 1, True, True),
+    ],
 )
-def test_block_kernel_lowers(block_k, per_step, padded):
+def test_block_kernel_lowers(block_k, per_step, padded, overlap):
     b, h, n, d = 1, 2, 1000, 128
     q = jnp.zeros((b, n, h, d), jnp.bfloat16)
     nkb = -(-n // block_k)
     idx = jnp.zeros((b, h, 8, nkb), jnp.int32)
     cnt = jnp.full((b, h, 8), 3, jnp.int32)
     pad = jnp.array([[600, 1000]], jnp.int32) if padded else None
-    opts = dict(block_k=block_k, sm_scale=d**-0.5, tiles_per_step=per_step, key_padding=pad)
+    opts = dict(block_k=block_k, sm_scale=d**-0.5, tiles_per_step=per_step, key_padding=pad, overlap=overlap)
     fn = functools.partial(block_sparse_attention_mosaic, **opts)
     lowered(fn, q, q, q, idx, cnt)
 
@@ -44,18 +52,22 @@ def test_block_kernel_lowers(block_k, per_step, padded):
         (64, 2, None, {}),
         (128, 1, None, {}),
         (64, 1, functools.partial(cluster_mask, branch=False), {}),
-        (64, 2, None, dict(lookahead=2, mask_first=True)),
-        (64, 1, None, dict(lookahead=4)),
+        (64, 1, None, dict(overlap=True)),
+        (64, 1, None, dict(overlap=True, per_warpgroup_mask=True)),
         (64, 2, None, dict(per_warpgroup_mask=True)),
+        (64, 1, None, dict(lazy_labels=True, words_per_chunk=True)),
+        (128, 1, None, dict(lazy_labels=True, per_warpgroup_mask=True)),
     ],
     ids=[
         "64",
         "64-two-per-step",
         "128",
         "64-branch-free",
-        "64-lookahead2-mask-first",
-        "64-lookahead4",
+        "64-overlap",
+        "64-overlap-per-warpgroup",
         "64-per-warpgroup-mask",
+        "64-lazy-labels-words-per-chunk",
+        "128-lazy-labels-per-warpgroup",
     ],
 )
 def test_cluster_kernel_lowers(block_k, per_step, mask, opts):
