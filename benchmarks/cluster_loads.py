@@ -12,7 +12,8 @@ On the Wan 720p SVG2 plan of ``mosaic_steps.py`` (B1 H40 N75600 D128 bf16), kern
 * options that must keep the output bitwise (checked here at full scale): masks decided per warpgroup
   (``per_warpgroup_mask``: no mask or a column mask where a warpgroup's rows lie in one query cluster),
   the key-label vector loaded only for mixed chunks (``lazy_labels``), and each chunk's packed word read
-  from a per-chunk table instead of behind its first key cluster (``words_per_chunk``).
+  from a per-chunk table instead of behind its first key cluster (``words_per_chunk``), and the chunk
+  scalars copied by the producer into shared memory beside each K tile (``chunk_records``).
   (Stage-1 scalars loaded two or four steps ahead and the mask applied before the logit scale were
   options too, timed on 2026-12-01 and removed: 34.76 / 36.37 / 34.73 ms against 34.30 shipped, and the
   latter not bitwise: ``cluster_loads_options_h200_2026-12-01.json``.)
@@ -69,6 +70,8 @@ OPTIONS = {
     "lazy_labels": dict(lazy_labels=True),
     "words_per_chunk": dict(words_per_chunk=True),
     "lazy_labels + words_per_chunk": dict(lazy_labels=True, words_per_chunk=True),
+    "chunk_records": dict(chunk_records=True),
+    "chunk_records + lazy_labels": dict(chunk_records=True, lazy_labels=True),
 }
 
 

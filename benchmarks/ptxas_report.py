@@ -34,6 +34,7 @@ VARIANTS = {
     "cluster, ping-pong": ("cluster", dict(overlap=False)),
     "cluster, overlap": ("cluster", dict(overlap=True)),
     "cluster, lazy labels + words per chunk": ("cluster", dict(lazy_labels=True, words_per_chunk=True)),
+    "cluster, chunk records + lazy labels": ("cluster", dict(chunk_records=True, lazy_labels=True)),
     "cluster, per-warpgroup mask": ("cluster", dict(per_warpgroup_mask=True)),
 }
 

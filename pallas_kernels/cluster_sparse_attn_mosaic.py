@@ -92,6 +92,13 @@ def chunk_words(plan: ClusterTilePlan) -> jax.Array:
     return jnp.take_along_axis(words, jnp.clip(plan.chunk_kfirst, 0, words.shape[-1] - 1), axis=3)
 
 
+def chunk_record_table(plan: ClusterTilePlan) -> jax.Array:
+    """``[B, H, nqt, width, 4]`` int32: each chunk's (start, code, first key cluster, packed word), the
+    16-byte record the engine's producer copies beside the chunk's K tile (``chunk_records``)."""
+    fields = (plan.chunk_starts, plan.chunk_codes, plan.chunk_kfirst, chunk_words(plan))
+    return jnp.stack([f.astype(jnp.int32) for f in fields], axis=-1)
+
+
 def needs_key_labels(code):
     """Whether a chunk's mask reads its key-label vector: only mixed chunks do. A uniform chunk's passes
     give the same mask for any labels (its words are all ones, and every clipped key slot's bit lies within
@@ -122,6 +129,7 @@ def cluster_mask(
     per_warpgroup: bool = False,
     lazy_labels: bool = False,
     words_per_chunk: bool = False,
+    record=None,
 ) -> TileMask:
     """The engine's mask: the run's columns on a run's first and last chunks; on mixed chunks the packed-bit
     selection of each row's query cluster, or, where the tile or chunk has too many clusters for one word,
@@ -138,7 +146,10 @@ def cluster_mask(
     ``lazy_labels`` loads the key-label vector only for the chunks that need it (:func:`needs_key_labels`,
     about 12% on that plan), behind a 0/1-trip loop. ``words_per_chunk`` takes the table's last entry as
     :func:`chunk_words` (indexed by chunk) instead of :func:`tile_words` (indexed by the chunk's first key
-    cluster). Both keep the output bitwise; not yet timed on a GPU."""
+    cluster). Both keep the output bitwise; not yet timed on a GPU.
+
+    ``record``: the engine's reader of per-chunk records in shared memory (``chunk_records``); stage 1
+    then takes (start, code, first key cluster, word) from there instead of four global loads."""
     starts, codes, _, kfirst, q_lab, k_lab, bitmap, words = tables
     b, h, t = at
     width, ck_last = starts.shape[-1], words.shape[-1] - 1
@@ -150,6 +161,8 @@ def cluster_mask(
     row_slot = jnp.minimum(row_lab - tile_lo, FAST_Q - 1)  # past FAST_Q - 1 only in slow-path tiles
 
     def stage1(j):
+        if record is not None:
+            return record(j)
         j = jnp.minimum(j, width - 1)
         j_lo = kfirst[b, h, t, j]
         word = words[b, h, t, j] if words_per_chunk else words[b, h, t, jnp.clip(j_lo, 0, ck_last)]
@@ -281,6 +294,7 @@ def cluster_sparse_attention_mosaic(
     per_warpgroup_mask: bool = False,
     lazy_labels: bool = False,
     words_per_chunk: bool = False,
+    chunk_records: bool = False,
     make_mask=None,
 ) -> Float[Array, "B N H D"]:
     """Run the Mosaic kernel on a plan built with ``block_q=128``, ``block_k`` 64 or 128 and ``row_align=8``
@@ -294,7 +308,10 @@ def cluster_sparse_attention_mosaic(
     ``overlap``: the engine's intra-warpgroup pipelining (:func:`.mosaic_flash.sparse_flash_mosaic`).
     ``per_warpgroup_mask``: :func:`cluster_mask`'s ``per_warpgroup``; keeps the output bitwise, and is off
     because it was slower (``benchmarks/cluster_loads.py``). ``lazy_labels``, ``words_per_chunk``:
-    :func:`cluster_mask`'s options of the same names (bitwise; off until timed).
+    :func:`cluster_mask`'s options of the same names (bitwise; off until timed). ``chunk_records``: the
+    producer warpgroup copies each chunk's (start, code, first key cluster, packed word) into shared memory
+    beside its K tile (the engine's ``records``), so the compute warpgroups load no per-chunk scalars from
+    global memory (bitwise; not yet run on a GPU).
 
     ``make_mask`` replaces the kernel's mask (:func:`cluster_mask`, same signature): an ablation hook for
     benchmarks, which then compute something else than the plan's attention."""
@@ -346,6 +363,7 @@ def cluster_sparse_attention_mosaic(
         order=order,
         cost=None if mask_weight is None else tile_cost(plan, mask_weight),
         overlap=overlap,
+        records=chunk_record_table(plan) if chunk_records else None,
     )
     return out[:, :n]
 

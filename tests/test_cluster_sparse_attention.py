@@ -298,6 +298,8 @@ def test_gpu_mosaic_persistent_ring_across_items(order, programs, block_k, per_s
         dict(lazy_labels=True),
         dict(words_per_chunk=True),
         dict(lazy_labels=True, words_per_chunk=True, per_warpgroup_mask=True, tiles_per_step=2),
+        dict(chunk_records=True),
+        dict(chunk_records=True, lazy_labels=True, tiles_per_step=2),
     ],
     ids=[
         "snake-weighted",
@@ -306,6 +308,8 @@ def test_gpu_mosaic_persistent_ring_across_items(order, programs, block_k, per_s
         "lazy-labels",
         "words-per-chunk",
         "lazy-words-per-warpgroup-two-per-step",
+        "chunk-records",
+        "chunk-records-lazy-two-per-step",
     ],
 )
 def test_gpu_mosaic_engine_options_keep_the_output_bitwise(opts):
@@ -326,6 +330,28 @@ def test_gpu_mosaic_engine_options_keep_the_output_bitwise(opts):
 
     per_step = opts.get("tiles_per_step", 1)
     np.testing.assert_array_equal(run(**opts), run(tiles_per_step=per_step))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("programs, per_step", [(3, 1), (2, 2), (5, 1)])
+def test_gpu_mosaic_chunk_records_across_items(programs, per_step):
+    """Chunk records copied by the producer beside each K tile: their barrier phases and ring slots carry
+    across many items per CTA, empty ones included, and the output keeps its bits."""
+    require_hopper()
+    from svg_jax.pallas_kernels.cluster_sparse_attn_mosaic import cluster_sparse_attention_mosaic
+
+    b, h, n, m, d, cq, ck = 2, 2, 1500, 1300, 128, 14, 40
+    q, k, v = random_qkv(28, b, n, m, h, d, jnp.bfloat16)
+    qs, ks, cmap = random_problem(29, b, n, m, h, cq, ck, 0.3)
+    cmap = cmap.at[:, :, :3].set(False)  # empty tiles
+    plan = cluster_tile_plan(qs, ks, cmap, num_q=n, num_k=m, block_q=128, block_k=64, row_align=8)
+    opts = dict(sm_scale=d**-0.5, num_programs=programs, tiles_per_step=per_step)
+
+    def run(**o):
+        fn = functools.partial(cluster_sparse_attention_mosaic, **opts, **o)
+        return np.asarray(jax.jit(fn)(q, k, v, plan))
+
+    np.testing.assert_array_equal(run(chunk_records=True), run())
 
 
 @pytest.mark.parametrize(
@@ -354,6 +380,33 @@ def test_mosaic_refuses_overlap_with_two_tiles_per_step():
     plan = cluster_tile_plan(qs, ks, cmap, num_q=256, num_k=256, block_q=128, block_k=64, row_align=8)
     with pytest.raises(ValueError, match="overlap=True takes tiles_per_step=1"):
         cluster_sparse_attention_mosaic(q, k, v, plan, sm_scale=0.1, overlap=True, tiles_per_step=2)
+
+
+@pytest.mark.parametrize(
+    "records, make_mask, match",
+    [
+        (jnp.zeros((1, 1, 1, 2, 3), jnp.int32), True, "R a multiple of 4"),
+        (jnp.zeros((1, 1, 1, 2, 4), jnp.float32), True, "must be int32"),
+        (jnp.zeros((1, 1, 1, 2, 4), jnp.int32), False, "pass make_mask too"),
+    ],
+)
+def test_engine_refuses_bad_records(records, make_mask, match):
+    from svg_jax.pallas_kernels.mosaic_flash import sparse_flash_mosaic
+
+    q = jnp.zeros((1, 128, 1, 64), jnp.bfloat16)
+    with pytest.raises(ValueError, match=match):
+        sparse_flash_mosaic(
+            (),
+            q,
+            q,
+            q,
+            counts=jnp.zeros((1, 1, 1), jnp.int32),
+            key_row=lambda tables, at, j: 0,
+            make_mask=(lambda *a, **kw: None) if make_mask else None,
+            block_k=64,
+            sm_scale=1.0,
+            records=records,
+        )
 
 
 def test_mosaic_refuses_unaligned_plan():
@@ -410,6 +463,7 @@ def emulated_mask_errors(plan, per_warpgroup: bool, lazy_labels: bool = False) -
         FAST_K,
         FAST_Q,
         LABELS_SKIPPED,
+        chunk_record_table,
         chunk_words,
         mask_passes,
         needs_key_labels,
@@ -420,6 +474,9 @@ def emulated_mask_errors(plan, per_warpgroup: bool, lazy_labels: bool = False) -
     bq, bk = plan.block_q, plan.block_k
     words = np.asarray(tile_words(plan))
     per_chunk = np.asarray(chunk_words(plan))
+    records = np.asarray(chunk_record_table(plan))  # what chunk_records copies: the same four fields
+    for i, field in enumerate((plan.chunk_starts, plan.chunk_codes, plan.chunk_kfirst, per_chunk)):
+        np.testing.assert_array_equal(records[..., i], np.asarray(field))
     q_lab, k_lab, cmap = (np.asarray(x) for x in (plan.q_labels, plan.k_labels, plan.cluster_map != 0))
     starts, codes, kfirst = (np.asarray(x) for x in (plan.chunk_starts, plan.chunk_codes, plan.chunk_kfirst))
     counts = np.asarray(plan.chunk_counts)

@@ -57,6 +57,8 @@ def test_block_kernel_lowers(block_k, per_step, padded, overlap):
         (64, 2, None, dict(per_warpgroup_mask=True)),
         (64, 1, None, dict(lazy_labels=True, words_per_chunk=True)),
         (128, 1, None, dict(lazy_labels=True, per_warpgroup_mask=True)),
+        (64, 1, None, dict(chunk_records=True)),
+        (64, 2, None, dict(chunk_records=True, lazy_labels=True)),
     ],
     ids=[
         "64",
@@ -68,6 +70,8 @@ def test_block_kernel_lowers(block_k, per_step, padded, overlap):
         "64-per-warpgroup-mask",
         "64-lazy-labels-words-per-chunk",
         "128-lazy-labels-per-warpgroup",
+        "64-chunk-records",
+        "64-two-per-step-chunk-records-lazy-labels",
     ],
 )
 def test_cluster_kernel_lowers(block_k, per_step, mask, opts):
