@@ -92,10 +92,12 @@ def chunk_words(plan: ClusterTilePlan) -> jax.Array:
     return jnp.take_along_axis(words, jnp.clip(plan.chunk_kfirst, 0, words.shape[-1] - 1), axis=3)
 
 
-def chunk_record_table(plan: ClusterTilePlan) -> jax.Array:
+def chunk_record_table(plan: ClusterTilePlan, words: jax.Array | None = None) -> jax.Array:
     """``[B, H, nqt, width, 4]`` int32: each chunk's (start, code, first key cluster, packed word), the
-    16-byte record the engine's producer copies beside the chunk's K tile (``chunk_records``)."""
-    fields = (plan.chunk_starts, plan.chunk_codes, plan.chunk_kfirst, chunk_words(plan))
+    16-byte record the engine's producer copies beside the chunk's K tile (``chunk_records``). ``words``:
+    :func:`chunk_words` of the plan, when the caller has it already."""
+    words = chunk_words(plan) if words is None else words
+    fields = (plan.chunk_starts, plan.chunk_codes, plan.chunk_kfirst, words)
     return jnp.stack([f.astype(jnp.int32) for f in fields], axis=-1)
 
 
@@ -324,6 +326,8 @@ def cluster_sparse_attention_mosaic(
     mk_pad = -(-mk // ROW_ALIGN) * ROW_ALIGN  # TMA wants whole 8-row tiles in the global array too
     kp, vp = pad_axis(k, 1, mk_pad), pad_axis(v, 1, mk_pad)
     ck = plan.cluster_map.shape[3] - 1  # the sentinel key cluster
+    words_per_chunk = words_per_chunk or chunk_records  # (the records hold the per-chunk words)
+    words = chunk_words(plan) if words_per_chunk else tile_words(plan)
     tables = (
         plan.chunk_starts,
         plan.chunk_codes,
@@ -332,7 +336,7 @@ def cluster_sparse_attention_mosaic(
         plan.q_labels,  # rows of nqt·128: vector loads stay aligned
         jnp.pad(plan.k_labels, ((0, 0), (0, 0), (0, mk_pad - mk)), constant_values=ck),  # aligned rows too
         map_bitset(plan.cluster_map),
-        chunk_words(plan) if words_per_chunk else tile_words(plan),
+        words,
     )
 
     def key_row(tables, at, j):  # a multiple of ROW_ALIGN the compiler can see (TMA into 8-row tiles)
@@ -363,7 +367,7 @@ def cluster_sparse_attention_mosaic(
         order=order,
         cost=None if mask_weight is None else tile_cost(plan, mask_weight),
         overlap=overlap,
-        records=chunk_record_table(plan) if chunk_records else None,
+        records=chunk_record_table(plan, words) if chunk_records else None,
     )
     return out[:, :n]
 
