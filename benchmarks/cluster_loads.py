@@ -9,14 +9,17 @@ On the Wan 720p SVG2 plan of ``mosaic_steps.py`` (B1 H40 N75600 D128 bf16), kern
   first key cluster or labels (``codes only``); every chunk uniform (``uniform``); no mask. Shipped minus
   ``codes only`` is what the compute warpgroups' per-chunk loads cost; ``codes only`` minus ``no mask``
   is what the mask code costs on the chunks that skip it;
-* options that must keep the output bitwise (checked here at full scale): masks decided per warpgroup
-  (``per_warpgroup_mask``: no mask or a column mask where a warpgroup's rows lie in one query cluster),
-  the key-label vector loaded only for mixed chunks (``lazy_labels``), and each chunk's packed word read
-  from a per-chunk table instead of behind its first key cluster (``words_per_chunk``), and the chunk
-  scalars copied by the producer into shared memory beside each K tile (``chunk_records``).
-  (Stage-1 scalars loaded two or four steps ahead and the mask applied before the logit scale were
-  options too, timed on 2026-12-01 and removed: 34.76 / 36.37 / 34.73 ms against 34.30 shipped, and the
-  latter not bitwise: ``cluster_loads_options_h200_2026-12-01.json``.)
+* options that must keep the output bitwise (checked here at full scale): the mask's passes each in its
+  own 0/1-trip loop instead of one loop around them all (``nested_mask=False``), and masks decided per
+  warpgroup (``per_warpgroup_mask``: no mask or a column mask where a warpgroup's rows lie in one query
+  cluster), nested and flat.
+
+Timed on 2026-12-01 and removed (raw JSON ``cluster_loads_*_h200_2026-12-01.json``): stage-1 scalars
+loaded two or four steps ahead, the mask applied before the logit scale (34.76 / 36.37 / 34.73 ms against
+34.30, the last not bitwise; ``options``); the chunk scalars copied by the producer into shared memory
+beside each K tile (33.83 against 33.56 with the per-chunk word table; ``records``); the key-label vector
+loaded only for mixed chunks (33.5 / 33.8 against 31.9 loading it for all, with nested passes; ``nested``);
+the run's edges masked by a column bias (38.6 flat, 34.3 nested; ``edge``, ``nested``).
 """
 
 import argparse
@@ -66,12 +69,9 @@ ABLATIONS = {
     "no mask": no_mask,
 }
 OPTIONS = {
-    "per_warpgroup_mask": dict(per_warpgroup_mask=True),
-    "lazy_labels": dict(lazy_labels=True),
-    "words_per_chunk": dict(words_per_chunk=True),
-    "lazy_labels + words_per_chunk": dict(lazy_labels=True, words_per_chunk=True),
-    "chunk_records": dict(chunk_records=True),
-    "chunk_records + lazy_labels": dict(chunk_records=True, lazy_labels=True),
+    "flat passes": dict(nested_mask=False),
+    "per_warpgroup_mask nested": dict(per_warpgroup_mask=True),
+    "per_warpgroup_mask flat": dict(per_warpgroup_mask=True, nested_mask=False),
 }
 
 

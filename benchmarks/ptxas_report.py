@@ -33,8 +33,7 @@ VARIANTS = {
     "block 64, two tiles per step": ("block", dict(block_k=64, tiles_per_step=2, num_stages=4)),
     "cluster, ping-pong": ("cluster", dict(overlap=False)),
     "cluster, overlap": ("cluster", dict(overlap=True)),
-    "cluster, lazy labels + words per chunk": ("cluster", dict(lazy_labels=True, words_per_chunk=True)),
-    "cluster, chunk records + lazy labels": ("cluster", dict(chunk_records=True, lazy_labels=True)),
+    "cluster, flat mask passes": ("cluster", dict(nested_mask=False)),
     "cluster, per-warpgroup mask": ("cluster", dict(per_warpgroup_mask=True)),
 }
 

@@ -10,7 +10,7 @@ tiles; the plan is built with ``row_align=8``), and the compute warpgroups mask
 * on a *mixed* chunk (the tile's query clusters disagree on the run), what each row's own query cluster
   does not select. Fast path: when the tile holds at most ``FAST_Q`` = 4 query clusters and the chunk
   spans at most ``FAST_K`` = 8 key clusters, the map entries involved fit one 32-bit word, read from
-  :func:`tile_words` (per tile and first key cluster, packed in XLA before the kernel). Both masks are one
+  :func:`chunk_words` (per chunk, packed in XLA before the kernel). Both masks are one
   pass over the logits: per row the word shifted down by the row's query slot, per column the bit of its
   key slot (``(key cluster − chunk's first) · 4``, from a column vector of key labels) or 0 outside the
   run, then one AND and a test per logit (a run's edge chunk that is not mixed uses an all-ones word).
@@ -20,17 +20,18 @@ tiles; the plan is built with ``row_align=8``), and the compute warpgroups mask
   cluster pairs, three dependent loads and a sweep of the tile each, cost 1 ms of the Wan 720p SVG2
   plan's 36.6, from one tile with 295 such chunks.)
 
-Where the time goes (H200, Wan 720p SVG2 plan, ``benchmarks/cluster_loads.py``): about 34.5 ms against
-27.5 with no mask at all, although 87% of the chunks skip the mask. About 3 ms are the compute
-warpgroups' per-chunk global loads (the scalars and the key-label vector; with only the chunk code
-loaded, 31.3 ms). The rest is the mask itself on the 13% of chunks that take it, about 1 µs each (a
-warpgroup's softmax, mask included, is on the critical path of the ping-pong); in the SASS its path is
-about 200 instructions, and the logit scale is no longer fused into the exponent's argument. Timed and
-not adopted (2026-12-01): loading the scalars two or four steps ahead (34.8 / 36.4 ms against 34.3),
-masking before the scale (34.7) and per-warpgroup masks (``per_warpgroup_mask``, 39.4, although they halve
-the warpgroup-chunks that test bits); the engine's intra-warpgroup overlap leaves this kernel unchanged.
+Where the time goes (H200, Wan 720p SVG2 plan, ``benchmarks/cluster_loads.py``, 2026-12-01): 31.9 ms
+against 26.3 with no mask at all, although 87% of the chunks skip the mask; only the chunk code loaded
+per chunk, 30.1. The mask's passes sit inside one 0/1-trip loop (``nested``): each such loop carrying the
+logits costs on every chunk, masked or not (a third pass, flat, cost 4–5 ms). Timed and not adopted:
+loading the scalars two or four steps ahead (34.8 / 36.4 ms against 34.3), masking before the scale
+(34.7), per-warpgroup masks (``per_warpgroup_mask``, 34.9 nested against 33.5–33.8, although they halve
+the warpgroup-chunks that test bits), the key-label vector loaded only for mixed chunks (33.5–33.8
+against 31.9 loaded for all), the run's edges masked by a column bias (34.3), and the chunk scalars copied
+by the producer into shared memory beside each K tile (no faster, and reading them a step ahead could
+deadlock a two-slot ring). The engine's intra-warpgroup overlap leaves this kernel unchanged.
 
-The per-chunk scalars (start, code, first key cluster and the packed word at it) are loaded one chunk
+The per-chunk scalars (start, code, first key cluster and the chunk's packed word) are loaded one chunk
 ahead and the key-label vector before the chunk's ``Q Kᵀ`` (the engine's two load stages), so their
 latency hides under the matrix multiply. Everything past the plan is exact: a row whose clusters select
 nothing outputs zeros.
@@ -92,25 +93,6 @@ def chunk_words(plan: ClusterTilePlan) -> jax.Array:
     return jnp.take_along_axis(words, jnp.clip(plan.chunk_kfirst, 0, words.shape[-1] - 1), axis=3)
 
 
-def chunk_record_table(plan: ClusterTilePlan, words: jax.Array | None = None) -> jax.Array:
-    """``[B, H, nqt, width, 4]`` int32: each chunk's (start, code, first key cluster, packed word), the
-    16-byte record the engine's producer copies beside the chunk's K tile (``chunk_records``). ``words``:
-    :func:`chunk_words` of the plan, when the caller has it already."""
-    words = chunk_words(plan) if words is None else words
-    fields = (plan.chunk_starts, plan.chunk_codes, plan.chunk_kfirst, words)
-    return jnp.stack([f.astype(jnp.int32) for f in fields], axis=-1)
-
-
-def needs_key_labels(code):
-    """Whether a chunk's mask reads its key-label vector: only mixed chunks do. A uniform chunk's passes
-    give the same mask for any labels (its words are all ones, and every clipped key slot's bit lies within
-    them), so ``lazy_labels`` leaves :data:`LABELS_SKIPPED` there instead of loading them."""
-    return 1 - decode_chunk(code)[2]
-
-
-LABELS_SKIPPED = 0  # the key-label vector of a chunk that does not need it (``lazy_labels``)
-
-
 def map_bitset(cluster_map: jax.Array) -> jax.Array:
     """``[B, H, Cq+1, W]`` int32: the map's rows as bit sets, bit ``i`` of word ``w`` being
     ``map[u, 32·w + i]``, with a zero word past the end (so two neighbouring words always exist)."""
@@ -129,9 +111,7 @@ def cluster_mask(
     block_k: int,
     branch: bool = True,
     per_warpgroup: bool = False,
-    lazy_labels: bool = False,
-    words_per_chunk: bool = False,
-    record=None,
+    nested: bool = True,
 ) -> TileMask:
     """The engine's mask: the run's columns on a run's first and last chunks; on mixed chunks the packed-bit
     selection of each row's query cluster, or, where the tile or chunk has too many clusters for one word,
@@ -143,18 +123,18 @@ def cluster_mask(
     ``per_warpgroup`` True decides per warpgroup: when its 64 rows lie in one query cluster, a mixed chunk
     is either wholly selected for it (no mask) or masked by columns (a 0 / -inf column bias, one add a
     logit); only warpgroups spanning several query clusters test bits per element. Same output; slower
-    (39.4 against 34.3 ms on the Wan 720p SVG2 plan, H200, ``benchmarks/cluster_loads.py``).
+    (34.9 against 33.5–33.8 ms on the Wan 720p SVG2 plan, H200, ``benchmarks/cluster_loads.py``).
 
-    ``lazy_labels`` loads the key-label vector only for the chunks that need it (:func:`needs_key_labels`,
-    about 12% on that plan), behind a 0/1-trip loop. ``words_per_chunk`` takes the table's last entry as
-    :func:`chunk_words` (indexed by chunk) instead of :func:`tile_words` (indexed by the chunk's first key
-    cluster). Both keep the output bitwise; not yet timed on a GPU.
+    ``nested`` (default) puts the passes inside one 0/1-trip loop, so that chunks without a mask (87% on
+    that plan) skip one branch instead of one per pass. Same output. Each 0/1-trip loop that carries the
+    logits costs on every chunk: flat, a third pass (``per_warpgroup``) took the plan from 34 to 38.7 ms,
+    nested 34.9.
 
-    ``record``: the engine's reader of per-chunk records in shared memory (``chunk_records``); stage 1
-    then takes (start, code, first key cluster, word) from there instead of four global loads."""
+    Stage 1 (a chunk ahead) loads the chunk's start, code, first key cluster and packed word, the last from
+    the :func:`chunk_words` table (the last of ``tables``), indexed by chunk."""
     starts, codes, _, kfirst, q_lab, k_lab, bitmap, words = tables
     b, h, t = at
-    width, ck_last = starts.shape[-1], words.shape[-1] - 1
+    width = starts.shape[-1]
     u_lo = q_lab[b, h, row0]  # the warpgroup's query clusters: u_lo..u_hi (rows are sorted)
     u_hi = q_lab[b, h, row0 + WG_ROWS - 1]
     tile_lo = q_lab[b, h, t * CTA_ROWS]
@@ -163,20 +143,12 @@ def cluster_mask(
     row_slot = jnp.minimum(row_lab - tile_lo, FAST_Q - 1)  # past FAST_Q - 1 only in slow-path tiles
 
     def stage1(j):
-        if record is not None:
-            return record(j)
         j = jnp.minimum(j, width - 1)
-        j_lo = kfirst[b, h, t, j]
-        word = words[b, h, t, j] if words_per_chunk else words[b, h, t, jnp.clip(j_lo, 0, ck_last)]
-        return starts[b, h, t, j], codes[b, h, t, j], j_lo, word
+        return starts[b, h, t, j], codes[b, h, t, j], kfirst[b, h, t, j], words[b, h, t, j]
 
     def stage2(j, first):
-        start, code = first[0], first[1]
-        load = lambda *_: plgpu.load(k_lab.at[b, h, pl.ds(start, block_k)], layout=COL, optimized=False)
-        if not lazy_labels:
-            return load()
-        skipped = plgpu.layout_cast(jnp.full((block_k,), LABELS_SKIPPED, jnp.int32), COL)
-        return lax.fori_loop(0, needs_key_labels(code), load, skipped)  # 0 or 1 trips
+        start = first[0]
+        return plgpu.load(k_lab.at[b, h, pl.ds(start, block_k)], layout=COL, optimized=False)
 
     def apply(first, col_lab, s):
         start, code, j_lo, bits = first
@@ -203,13 +175,6 @@ def cluster_mask(
             selected = (lax.shift_right_logical(word, key_slot) & 1) == 1
             bias = jnp.where((cols >= lead) & (cols < valid) & selected, 0.0, -jnp.inf)
             return s + lax.broadcast_in_dim(bias, s.shape, [1])
-
-        if branch:
-            if per_warpgroup:
-                s = lax.fori_loop(0, column_trips, column_mask, s)  # 0 or 1 trips each
-            s = lax.fori_loop(0, packed_trips, packed_mask, s)
-        else:
-            s = packed_mask(0, s)
 
         def slow_mask(_, s):  # each row's own bits of the map over the chunk's key clusters, 32 at a time
             j_hi = k_lab[b, h, start + jnp.maximum(valid, 1) - 1]
@@ -238,7 +203,21 @@ def cluster_mask(
             allowed = lax.fori_loop(0, lax.div(j_hi - j_lo, 32) + 1, window, allowed)
             return jnp.where(allowed != 0, s, -jnp.inf)
 
-        return lax.fori_loop(0, slow_trips, slow_mask, s)  # 0 or 1 trips
+        def masks(_, s):  # the passes this chunk takes, each 0 or 1 times
+            if per_warpgroup:
+                s = lax.fori_loop(0, column_trips, column_mask, s)
+            if branch:
+                s = lax.fori_loop(0, packed_trips, packed_mask, s)
+            else:
+                s = packed_mask(0, s)
+            return lax.fori_loop(0, slow_trips, slow_mask, s)
+
+        if not (branch and nested):
+            return masks(0, s)
+        # One loop around the passes (0 or 1 trips): a chunk without a mask, most of them, skips a single
+        # branch rather than one per pass. Each loop that carries the logits costs on every chunk.
+        any_pass = jnp.maximum(jnp.maximum(column_trips, packed_trips), slow_trips)
+        return lax.fori_loop(0, any_pass, masks, s)
 
     return TileMask(stage1, stage2, apply)
 
@@ -294,9 +273,7 @@ def cluster_sparse_attention_mosaic(
     mask_weight: float | None = None,
     overlap: bool | None = None,
     per_warpgroup_mask: bool = False,
-    lazy_labels: bool = False,
-    words_per_chunk: bool = False,
-    chunk_records: bool = False,
+    nested_mask: bool = True,
     make_mask=None,
 ) -> Float[Array, "B N H D"]:
     """Run the Mosaic kernel on a plan built with ``block_q=128``, ``block_k`` 64 or 128 and ``row_align=8``
@@ -309,11 +286,8 @@ def cluster_sparse_attention_mosaic(
 
     ``overlap``: the engine's intra-warpgroup pipelining (:func:`.mosaic_flash.sparse_flash_mosaic`).
     ``per_warpgroup_mask``: :func:`cluster_mask`'s ``per_warpgroup``; keeps the output bitwise, and is off
-    because it was slower (``benchmarks/cluster_loads.py``). ``lazy_labels``, ``words_per_chunk``:
-    :func:`cluster_mask`'s options of the same names (bitwise; off until timed). ``chunk_records``: the
-    producer warpgroup copies each chunk's (start, code, first key cluster, packed word) into shared memory
-    beside its K tile (the engine's ``records``), so the compute warpgroups load no per-chunk scalars from
-    global memory (bitwise; not yet run on a GPU).
+    because it was slower (``benchmarks/cluster_loads.py``). ``nested_mask``: its ``nested`` (on; same
+    output).
 
     ``make_mask`` replaces the kernel's mask (:func:`cluster_mask`, same signature): an ablation hook for
     benchmarks, which then compute something else than the plan's attention."""
@@ -326,8 +300,6 @@ def cluster_sparse_attention_mosaic(
     mk_pad = -(-mk // ROW_ALIGN) * ROW_ALIGN  # TMA wants whole 8-row tiles in the global array too
     kp, vp = pad_axis(k, 1, mk_pad), pad_axis(v, 1, mk_pad)
     ck = plan.cluster_map.shape[3] - 1  # the sentinel key cluster
-    words_per_chunk = words_per_chunk or chunk_records  # (the records hold the per-chunk words)
-    words = chunk_words(plan) if words_per_chunk else tile_words(plan)
     tables = (
         plan.chunk_starts,
         plan.chunk_codes,
@@ -336,7 +308,7 @@ def cluster_sparse_attention_mosaic(
         plan.q_labels,  # rows of nqt·128: vector loads stay aligned
         jnp.pad(plan.k_labels, ((0, 0), (0, 0), (0, mk_pad - mk)), constant_values=ck),  # aligned rows too
         map_bitset(plan.cluster_map),
-        words,
+        chunk_words(plan),
     )
 
     def key_row(tables, at, j):  # a multiple of ROW_ALIGN the compiler can see (TMA into 8-row tiles)
@@ -354,8 +326,7 @@ def cluster_sparse_attention_mosaic(
             or functools.partial(
                 cluster_mask,
                 per_warpgroup=per_warpgroup_mask,
-                lazy_labels=lazy_labels,
-                words_per_chunk=words_per_chunk,
+                nested=nested_mask,
             ),
             block_k=bk,
         ),
@@ -367,7 +338,6 @@ def cluster_sparse_attention_mosaic(
         order=order,
         cost=None if mask_weight is None else tile_cost(plan, mask_weight),
         overlap=overlap,
-        records=chunk_record_table(plan, words) if chunk_records else None,
     )
     return out[:, :n]
 

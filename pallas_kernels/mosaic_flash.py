@@ -96,7 +96,6 @@ def _kernel(
     counts_ref,
     order_ref,
     tables,
-    records_ref,
     q_ref,
     k_ref,
     v_ref,
@@ -114,7 +113,7 @@ def _kernel(
     key_row, make_mask = walk
     sm, n_programs = lax.axis_index("sm"), lax.axis_size("sm")
     wg = lax.axis_index("wg")
-    (qo_smem2, k_smem, v_smem), (k_ready, v_ready, q_ready), (k_free, v_free), schedule, rec = scoped
+    (qo_smem2, k_smem, v_smem), (k_ready, v_ready, q_ready), (k_free, v_free), schedule = scoped
     _, nq, heads, head_dim = q_ref.shape
     n_qt = nq // CTA_ROWS
     rounds = lax.div(order_ref.shape[0] - sm + n_programs - 1, n_programs)  # this CTA's work items
@@ -148,24 +147,7 @@ def _kernel(
             n_steps = steps_of(count)
             row0 = qt * CTA_ROWS + wg * WG_ROWS
             plgpu.copy_gmem_to_smem(q_ref.at[batch, pl.ds(row0, WG_ROWS), head], qo_smem, q_ready.at[wg])
-            if make_mask is None:
-                mask = None
-            elif records_ref is None:
-                mask = make_mask(tables, at, row0)
-            else:
-                rec_smem, rec_ready = rec
-                walked = n_steps * per
-
-                def record(j):  # tile j's record, copied by the producer beside its K (past the end: junk)
-                    slot = ring(base + j)
-
-                    @pl.when(j < walked)
-                    def _():
-                        plgpu.barrier_wait(rec_ready.at[slot])
-
-                    return tuple(rec_smem[slot, i] for i in range(records_ref.shape[-1]))
-
-                mask = make_mask(tables, at, row0, record=record)
+            mask = make_mask(tables, at, row0) if make_mask is not None else None
             meta = tuple(mask.stage1(i) for i in range(per)) if mask is not None else ()  # step 0's stage 1
             plgpu.barrier_wait(q_ready.at[wg])
             m_i = plgpu.layout_cast(jnp.full((WG_ROWS,), -jnp.inf, jnp.float32), ROW)
@@ -361,9 +343,6 @@ def _kernel(
                     plgpu.barrier_wait(k_free.at[slot])
 
                 plgpu.copy_gmem_to_smem(k_ref.at[rows], k_smem.at[slot], k_ready.at[slot])
-                if records_ref is not None:  # consumers read it a step ahead, before they free K of tile j
-                    jr = jnp.minimum(j, count - 1)
-                    plgpu.copy_gmem_to_smem(records_ref.at[(*at, jr)], rec[0].at[slot], rec[1].at[slot])
 
                 @pl.when(reuse)
                 def _():
@@ -445,7 +424,6 @@ def sparse_flash_mosaic(
     num_programs: int | None = None,
     cost: jax.Array | None = None,
     overlap: bool | None = None,
-    records: jax.Array | None = None,
     interpret: bool = False,
 ) -> jax.Array:
     """Launch on padded operands: q ``[B, nqt·128, H, D]``; k, v ``[B, Mk, H, D]`` with every listed tile
@@ -465,12 +443,6 @@ def sparse_flash_mosaic(
     is rescaled after it lands (the same sum in another order). H200, B1 H40 N75600 D128: the block
     kernel's 128-row tiles at density 0.1–0.3 go from 548–574 to 563–597 effective TFLOP/s; the cluster
     kernel on the SVG2 plan is unchanged (``benchmarks/mosaic_steps.py``).
-
-    ``records`` (int32 ``[B, H, nqt, width, R]``, ``R`` a multiple of 4): a per-tile record the producer
-    copies by TMA into a shared-memory slot beside each K tile; ``make_mask`` is then called with
-    ``record=fn`` and ``fn(j)`` returns tile ``j``'s ``R`` scalars from shared memory (waiting for them),
-    so the compute warpgroups need no global loads for them. Call ``fn`` once per tile, in order, as
-    ``stage1`` does. Not yet run on a GPU.
     """
     if tiles_per_step not in TILES_PER_STEP:
         raise ValueError(f"tiles_per_step must be one of {TILES_PER_STEP}; got {tiles_per_step!r}")
@@ -496,31 +468,15 @@ def sparse_flash_mosaic(
     programs = num_programs or num_programs_for(n_items, interpret)
     order_arr = work_order(counts, order, programs=programs, cost=cost)
     n_tab = len(tables)
-    if records is not None:
-        if make_mask is None:
-            raise ValueError("records are read by make_mask: pass make_mask too")
-        if records.dtype != jnp.int32 or records.ndim != 5 or records.shape[-1] % 4:
-            raise ValueError(
-                f"records must be int32 [B, H, nqt, width, R] with R a multiple of 4 (16-byte TMA copies); "
-                f"got {records.dtype} {records.shape}"
-            )
-    n_rec = int(records is not None)
 
     def sparse_flash_attention(*refs):  # (the profiler's kernel name)
         counts_ref, order_ref = refs[:2]
-        tabs, records_ref = refs[2 : 2 + n_tab], (refs[2 + n_tab] if n_rec else None)
-        q_ref, k_ref, v_ref, out_ref = refs[2 + n_tab + n_rec :]
-        rec_scratch = (
-            (plgpu.SMEM((stages, records.shape[-1]), jnp.int32), plgpu.Barrier(num_barriers=stages))
-            if n_rec
-            else None
-        )
+        tabs, (q_ref, k_ref, v_ref, out_ref) = refs[2 : 2 + n_tab], refs[2 + n_tab :]
         pl.run_scoped(
             lambda *scoped: _kernel(
                 counts_ref,
                 order_ref,
                 tabs,
-                records_ref,
                 q_ref,
                 k_ref,
                 v_ref,
@@ -546,7 +502,6 @@ def sparse_flash_mosaic(
             ),
             (plgpu.Barrier(num_arrivals=2, num_barriers=stages),) * 2,
             plgpu.Barrier(num_arrivals=2),
-            rec_scratch,
             collective_axes="wg",
         )
 
@@ -559,4 +514,4 @@ def sparse_flash_mosaic(
         thread_name="wg",
         compiler_params=plgpu.CompilerParams(approx_math=True),
         interpret=plgpu.InterpretGPUParams() if interpret else None,
-    )(counts, order_arr, *tables, *([records] if n_rec else []), q, k, v)
+    )(counts, order_arr, *tables, q, k, v)

@@ -295,25 +295,19 @@ def test_gpu_mosaic_persistent_ring_across_items(order, programs, block_k, per_s
         dict(order="head_snake", mask_weight=2.4),
         dict(per_warpgroup_mask=True),
         dict(per_warpgroup_mask=True, tiles_per_step=2),
-        dict(lazy_labels=True),
-        dict(words_per_chunk=True),
-        dict(lazy_labels=True, words_per_chunk=True, per_warpgroup_mask=True, tiles_per_step=2),
-        dict(chunk_records=True),
-        dict(chunk_records=True, lazy_labels=True, tiles_per_step=2),
+        dict(nested_mask=False),
+        dict(nested_mask=False, per_warpgroup_mask=True, tiles_per_step=2),
     ],
     ids=[
         "snake-weighted",
         "per-warpgroup-mask",
         "per-warpgroup-mask-two-per-step",
-        "lazy-labels",
-        "words-per-chunk",
-        "lazy-words-per-warpgroup-two-per-step",
-        "chunk-records",
-        "chunk-records-lazy-two-per-step",
+        "flat-passes",
+        "flat-passes-per-warpgroup-two-per-step",
     ],
 )
 def test_gpu_mosaic_engine_options_keep_the_output_bitwise(opts):
-    """Per-warpgroup masks, skipped label loads, per-chunk words and other work orders change when and
+    """Per-warpgroup masks, flat mask passes and other work orders change when and
     where work is done, not what is computed: the same bits as the default kernel. (The per-warpgroup
     column mask adds 0 or -inf where the default selects: the same bits.)"""
     require_hopper()
@@ -330,28 +324,6 @@ def test_gpu_mosaic_engine_options_keep_the_output_bitwise(opts):
 
     per_step = opts.get("tiles_per_step", 1)
     np.testing.assert_array_equal(run(**opts), run(tiles_per_step=per_step))
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("programs, per_step", [(3, 1), (2, 2), (5, 1)])
-def test_gpu_mosaic_chunk_records_across_items(programs, per_step):
-    """Chunk records copied by the producer beside each K tile: their barrier phases and ring slots carry
-    across many items per CTA, empty ones included, and the output keeps its bits."""
-    require_hopper()
-    from svg_jax.pallas_kernels.cluster_sparse_attn_mosaic import cluster_sparse_attention_mosaic
-
-    b, h, n, m, d, cq, ck = 2, 2, 1500, 1300, 128, 14, 40
-    q, k, v = random_qkv(28, b, n, m, h, d, jnp.bfloat16)
-    qs, ks, cmap = random_problem(29, b, n, m, h, cq, ck, 0.3)
-    cmap = cmap.at[:, :, :3].set(False)  # empty tiles
-    plan = cluster_tile_plan(qs, ks, cmap, num_q=n, num_k=m, block_q=128, block_k=64, row_align=8)
-    opts = dict(sm_scale=d**-0.5, num_programs=programs, tiles_per_step=per_step)
-
-    def run(**o):
-        fn = functools.partial(cluster_sparse_attention_mosaic, **opts, **o)
-        return np.asarray(jax.jit(fn)(q, k, v, plan))
-
-    np.testing.assert_array_equal(run(chunk_records=True), run())
 
 
 @pytest.mark.parametrize(
@@ -380,33 +352,6 @@ def test_mosaic_refuses_overlap_with_two_tiles_per_step():
     plan = cluster_tile_plan(qs, ks, cmap, num_q=256, num_k=256, block_q=128, block_k=64, row_align=8)
     with pytest.raises(ValueError, match="overlap=True takes tiles_per_step=1"):
         cluster_sparse_attention_mosaic(q, k, v, plan, sm_scale=0.1, overlap=True, tiles_per_step=2)
-
-
-@pytest.mark.parametrize(
-    "records, make_mask, match",
-    [
-        (jnp.zeros((1, 1, 1, 2, 3), jnp.int32), True, "R a multiple of 4"),
-        (jnp.zeros((1, 1, 1, 2, 4), jnp.float32), True, "must be int32"),
-        (jnp.zeros((1, 1, 1, 2, 4), jnp.int32), False, "pass make_mask too"),
-    ],
-)
-def test_engine_refuses_bad_records(records, make_mask, match):
-    from svg_jax.pallas_kernels.mosaic_flash import sparse_flash_mosaic
-
-    q = jnp.zeros((1, 128, 1, 64), jnp.bfloat16)
-    with pytest.raises(ValueError, match=match):
-        sparse_flash_mosaic(
-            (),
-            q,
-            q,
-            q,
-            counts=jnp.zeros((1, 1, 1), jnp.int32),
-            key_row=lambda tables, at, j: 0,
-            make_mask=(lambda *a, **kw: None) if make_mask else None,
-            block_k=64,
-            sm_scale=1.0,
-            records=records,
-        )
 
 
 def test_mosaic_refuses_unaligned_plan():
@@ -453,20 +398,16 @@ def test_map_bitset_holds_every_map_entry(ck):
     assert not unpacked[..., ck:].any()
 
 
-def emulated_mask_errors(plan, per_warpgroup: bool, lazy_labels: bool = False) -> tuple[int, int]:
+def emulated_mask_errors(plan, per_warpgroup: bool) -> tuple[int, int]:
     """Replay the Mosaic cluster mask's passes in NumPy (:func:`mask_passes` decides which run, the masks
     are written out per element here) for every listed chunk and warpgroup of ``plan``, against the truth:
     a real query row sees column c iff c lies in the chunk's run and the map selects (its cluster, the
-    key's cluster). With ``lazy_labels`` the chunks that skip the label load see ``LABELS_SKIPPED``.
     Returns (wrong elements, warpgroup-chunks that ran no mask pass)."""
     from svg_jax.pallas_kernels.cluster_sparse_attn_mosaic import (
         FAST_K,
         FAST_Q,
-        LABELS_SKIPPED,
-        chunk_record_table,
         chunk_words,
         mask_passes,
-        needs_key_labels,
         tile_words,
         warpgroup_flags,
     )
@@ -474,9 +415,6 @@ def emulated_mask_errors(plan, per_warpgroup: bool, lazy_labels: bool = False) -
     bq, bk = plan.block_q, plan.block_k
     words = np.asarray(tile_words(plan))
     per_chunk = np.asarray(chunk_words(plan))
-    records = np.asarray(chunk_record_table(plan))  # what chunk_records copies: the same four fields
-    for i, field in enumerate((plan.chunk_starts, plan.chunk_codes, plan.chunk_kfirst, per_chunk)):
-        np.testing.assert_array_equal(records[..., i], np.asarray(field))
     q_lab, k_lab, cmap = (np.asarray(x) for x in (plan.q_labels, plan.k_labels, plan.cluster_map != 0))
     starts, codes, kfirst = (np.asarray(x) for x in (plan.chunk_starts, plan.chunk_codes, plan.chunk_kfirst))
     counts = np.asarray(plan.chunk_counts)
@@ -488,7 +426,7 @@ def emulated_mask_errors(plan, per_warpgroup: bool, lazy_labels: bool = False) -
             continue
         code, start, j_lo = codes[b, h, t, :c], starts[b, h, t, :c], kfirst[b, h, t, :c]
         bits = words[b, h, t, np.clip(j_lo, 0, words.shape[-1] - 1)]
-        np.testing.assert_array_equal(per_chunk[b, h, t, :c], bits)  # words_per_chunk loads the same words
+        np.testing.assert_array_equal(per_chunk[b, h, t, :c], bits)  # the per-chunk table the kernel reads
         tile_lo = q_lab[b, h, t * bq]
         for row0 in (t * bq, t * bq + 64):
             row_lab = q_lab[b, h, row0 : row0 + 64]
@@ -504,9 +442,7 @@ def emulated_mask_errors(plan, per_warpgroup: bool, lazy_labels: bool = False) -
             real = row_lab < cq
             for i in range(c):
                 lead, valid, _ = (int(x) for x in decode_chunk(code[i]))
-                true_lab = col_lab = k_lab[b, h, start[i] : start[i] + bk]
-                if lazy_labels and not needs_key_labels(int(code[i])):
-                    col_lab = np.full(bk, LABELS_SKIPPED)
+                col_lab = k_lab[b, h, start[i] : start[i] + bk]
                 in_run = (np.arange(bk) >= lead) & (np.arange(bk) < valid)
                 key_slot = np.clip(col_lab - j_lo[i], 0, FAST_K - 1) * FAST_Q
                 allowed = np.ones((64, bk), bool)
@@ -517,7 +453,7 @@ def emulated_mask_errors(plan, per_warpgroup: bool, lazy_labels: bool = False) -
                     allowed &= in_run[None, :] & ((row_bits[:, None] >> key_slot[None, :]) & 1 == 1)
                 if slow_trips[i]:  # the slow path is exact per element (tested on the GPU)
                     allowed &= cmap[b, h, row_lab[:, None], col_lab[None, :]]
-                truth = in_run[None, :] & cmap[b, h, row_lab[:, None], true_lab[None, :]]
+                truth = in_run[None, :] & cmap[b, h, row_lab[:, None], col_lab[None, :]]
                 wrong += int(np.sum((allowed != truth)[real]))
                 unmasked += int(not (col_trips[i] or packed_trips[i] or slow_trips[i]))
     return wrong, unmasked
@@ -537,6 +473,4 @@ def test_mask_passes_give_the_exact_mask(n, m, cq, ck, density):
     wrong, unmasked = emulated_mask_errors(plan, per_warpgroup=False)
     wrong_wg, unmasked_wg = emulated_mask_errors(plan, per_warpgroup=True)
     assert (wrong, wrong_wg) == (0, 0)
-    # uniform chunks mask the same without their labels (per warpgroup too: its words are also all ones)
-    assert emulated_mask_errors(plan, per_warpgroup=False, lazy_labels=True) == (0, unmasked)
     assert unmasked_wg > unmasked if n // cq > 64 else unmasked_wg >= unmasked

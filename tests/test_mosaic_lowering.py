@@ -55,10 +55,8 @@ def test_block_kernel_lowers(block_k, per_step, padded, overlap):
         (64, 1, None, dict(overlap=True)),
         (64, 1, None, dict(overlap=True, per_warpgroup_mask=True)),
         (64, 2, None, dict(per_warpgroup_mask=True)),
-        (64, 1, None, dict(lazy_labels=True, words_per_chunk=True)),
-        (128, 1, None, dict(lazy_labels=True, per_warpgroup_mask=True)),
-        (64, 1, None, dict(chunk_records=True)),
-        (64, 2, None, dict(chunk_records=True, lazy_labels=True)),
+        (128, 1, None, dict(per_warpgroup_mask=True)),
+        (64, 1, None, dict(nested_mask=False, per_warpgroup_mask=True)),
     ],
     ids=[
         "64",
@@ -68,10 +66,8 @@ def test_block_kernel_lowers(block_k, per_step, padded, overlap):
         "64-overlap",
         "64-overlap-per-warpgroup",
         "64-per-warpgroup-mask",
-        "64-lazy-labels-words-per-chunk",
-        "128-lazy-labels-per-warpgroup",
-        "64-chunk-records",
-        "64-two-per-step-chunk-records-lazy-labels",
+        "128-per-warpgroup",
+        "64-flat-per-warpgroup",
     ],
 )
 def test_cluster_kernel_lowers(block_k, per_step, mask, opts):
