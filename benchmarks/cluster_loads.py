@@ -9,10 +9,10 @@ On the Wan 720p SVG2 plan of ``mosaic_steps.py`` (B1 H40 N75600 D128 bf16), kern
   first key cluster or labels (``codes only``); every chunk uniform (``uniform``); no mask. Shipped minus
   ``codes only`` is what the compute warpgroups' per-chunk loads cost; ``codes only`` minus ``no mask``
   is what the mask code costs on the chunks that skip it;
-* options that must keep the output bitwise (checked here at full scale): the mask's passes each in its
-  own 0/1-trip loop instead of one loop around them all (``nested_mask=False``), and masks decided per
-  warpgroup (``per_warpgroup_mask``: no mask or a column mask where a warpgroup's rows lie in one query
-  cluster), nested and flat.
+* options that must keep the output bitwise (checked here at full scale): how chunks without a mask skip
+  its passes (``mask_skip``: one 0/1-trip loop around them all, the default, a ``lax.cond`` instead, or
+  each pass in its own loop, ``"flat"``), and masks decided per warpgroup (``per_warpgroup_mask``: no
+  mask or a column mask where a warpgroup's rows lie in one query cluster).
 
 Timed on 2026-12-01 and removed (raw JSON ``cluster_loads_*_h200_2026-12-01.json``): stage-1 scalars
 loaded two or four steps ahead, the mask applied before the logit scale (34.76 / 36.37 / 34.73 ms against
@@ -69,9 +69,10 @@ ABLATIONS = {
     "no mask": no_mask,
 }
 OPTIONS = {
-    "flat passes": dict(nested_mask=False),
-    "per_warpgroup_mask nested": dict(per_warpgroup_mask=True),
-    "per_warpgroup_mask flat": dict(per_warpgroup_mask=True, nested_mask=False),
+    "flat passes": dict(mask_skip="flat"),
+    "cond skip": dict(mask_skip="cond"),
+    "per_warpgroup_mask": dict(per_warpgroup_mask=True),
+    "per_warpgroup_mask, cond skip": dict(per_warpgroup_mask=True, mask_skip="cond"),
 }
 
 

@@ -22,8 +22,9 @@ tiles; the plan is built with ``row_align=8``), and the compute warpgroups mask
 
 Where the time goes (H200, Wan 720p SVG2 plan, ``benchmarks/cluster_loads.py``, 2026-12-01): 31.9 ms
 against 26.3 with no mask at all, although 87% of the chunks skip the mask; only the chunk code loaded
-per chunk, 30.1. The mask's passes sit inside one 0/1-trip loop (``nested``): each such loop carrying the
-logits costs on every chunk, masked or not (a third pass, flat, cost 4–5 ms). Timed and not adopted:
+per chunk, 30.1. The mask's passes sit inside one 0/1-trip loop (``mask_skip="loop"``): each such loop
+carrying the logits costs on every chunk, masked or not (a third pass, flat, cost 4–5 ms); a ``lax.cond``
+instead (``mask_skip="cond"``) is not yet timed. Timed and not adopted:
 loading the scalars two or four steps ahead (34.8 / 36.4 ms against 34.3), masking before the scale
 (34.7), per-warpgroup masks (``per_warpgroup_mask``, 34.9 nested against 33.5–33.8, although they halve
 the warpgroup-chunks that test bits), the key-label vector loaded only for mixed chunks (33.5–33.8
@@ -55,6 +56,7 @@ ROW_ALIGN = 8  # TMA copies into (8, 64)-tiled shared memory start at a multiple
 # 720p: 37.5 -> 36.2-37.2 ms on the SVG2 plan, 82.0 -> 81.0 ms on random maps (mosaic_steps.py).
 DEFAULT_STAGES = {64: 4, 128: 2}
 FAST_Q, FAST_K = 4, 8  # fast path: <= 4 query clusters per tile x <= 8 key clusters per chunk = 32 bits
+MASK_SKIPS = ("loop", "cond", "flat")  # how chunks without a mask skip its passes (cluster_mask's skip)
 
 
 def check_mosaic_plan(q: jax.Array, plan: ClusterTilePlan) -> None:
@@ -111,7 +113,7 @@ def cluster_mask(
     block_k: int,
     branch: bool = True,
     per_warpgroup: bool = False,
-    nested: bool = True,
+    skip: str = "loop",
 ) -> TileMask:
     """The engine's mask: the run's columns on a run's first and last chunks; on mixed chunks the packed-bit
     selection of each row's query cluster, or, where the tile or chunk has too many clusters for one word,
@@ -125,13 +127,16 @@ def cluster_mask(
     logit); only warpgroups spanning several query clusters test bits per element. Same output; slower
     (34.9 against 33.5–33.8 ms on the Wan 720p SVG2 plan, H200, ``benchmarks/cluster_loads.py``).
 
-    ``nested`` (default) puts the passes inside one 0/1-trip loop, so that chunks without a mask (87% on
-    that plan) skip one branch instead of one per pass. Same output. Each 0/1-trip loop that carries the
-    logits costs on every chunk: flat, a third pass (``per_warpgroup``) took the plan from 34 to 38.7 ms,
-    nested 34.9.
+    ``skip``: how chunks without a mask (87% on that plan) skip the passes (:data:`MASK_SKIPS`, same output
+    for all). ``"loop"`` (default) puts the passes inside one 0/1-trip ``fori_loop``; ``"cond"`` inside
+    one ``lax.cond`` (not yet timed); ``"flat"`` gives each pass its own 0/1-trip loop. Each such loop that
+    carries the logits costs on every chunk: flat, a third pass (``per_warpgroup``) took the plan from 34
+    to 38.7 ms, inside one loop 34.9.
 
     Stage 1 (a chunk ahead) loads the chunk's start, code, first key cluster and packed word, the last from
     the :func:`chunk_words` table (the last of ``tables``), indexed by chunk."""
+    if skip not in MASK_SKIPS:
+        raise ValueError(f"skip must be one of {MASK_SKIPS}; got {skip!r}")
     starts, codes, _, kfirst, q_lab, k_lab, bitmap, words = tables
     b, h, t = at
     width = starts.shape[-1]
@@ -212,11 +217,13 @@ def cluster_mask(
                 s = packed_mask(0, s)
             return lax.fori_loop(0, slow_trips, slow_mask, s)
 
-        if not (branch and nested):
+        if skip == "flat" or not branch:
             return masks(0, s)
-        # One loop around the passes (0 or 1 trips): a chunk without a mask, most of them, skips a single
-        # branch rather than one per pass. Each loop that carries the logits costs on every chunk.
+        # One branch around the passes: a chunk without a mask, most of them, skips it once rather than once
+        # per pass. Each branch that carries the logits costs on every chunk.
         any_pass = jnp.maximum(jnp.maximum(column_trips, packed_trips), slow_trips)
+        if skip == "cond":
+            return lax.cond(any_pass > 0, functools.partial(masks, 0), lambda s: s, s)
         return lax.fori_loop(0, any_pass, masks, s)
 
     return TileMask(stage1, stage2, apply)
@@ -273,7 +280,7 @@ def cluster_sparse_attention_mosaic(
     mask_weight: float | None = None,
     overlap: bool | None = None,
     per_warpgroup_mask: bool = False,
-    nested_mask: bool = True,
+    mask_skip: str = "loop",
     make_mask=None,
 ) -> Float[Array, "B N H D"]:
     """Run the Mosaic kernel on a plan built with ``block_q=128``, ``block_k`` 64 or 128 and ``row_align=8``
@@ -286,12 +293,13 @@ def cluster_sparse_attention_mosaic(
 
     ``overlap``: the engine's intra-warpgroup pipelining (:func:`.mosaic_flash.sparse_flash_mosaic`).
     ``per_warpgroup_mask``: :func:`cluster_mask`'s ``per_warpgroup``; keeps the output bitwise, and is off
-    because it was slower (``benchmarks/cluster_loads.py``). ``nested_mask``: its ``nested`` (on; same
-    output).
+    because it was slower (``benchmarks/cluster_loads.py``). ``mask_skip``: its ``skip`` (same output).
 
     ``make_mask`` replaces the kernel's mask (:func:`cluster_mask`, same signature): an ablation hook for
     benchmarks, which then compute something else than the plan's attention."""
     check_mosaic_plan(q, plan)
+    if mask_skip not in MASK_SKIPS:
+        raise ValueError(f"mask_skip must be one of {MASK_SKIPS}; got {mask_skip!r}")
     n = q.shape[1]
     bk = plan.block_k
     nqt, width = plan.chunk_starts.shape[2:]
@@ -326,7 +334,7 @@ def cluster_sparse_attention_mosaic(
             or functools.partial(
                 cluster_mask,
                 per_warpgroup=per_warpgroup_mask,
-                nested=nested_mask,
+                skip=mask_skip,
             ),
             block_k=bk,
         ),

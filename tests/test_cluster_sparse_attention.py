@@ -295,8 +295,10 @@ def test_gpu_mosaic_persistent_ring_across_items(order, programs, block_k, per_s
         dict(order="head_snake", mask_weight=2.4),
         dict(per_warpgroup_mask=True),
         dict(per_warpgroup_mask=True, tiles_per_step=2),
-        dict(nested_mask=False),
-        dict(nested_mask=False, per_warpgroup_mask=True, tiles_per_step=2),
+        dict(mask_skip="flat"),
+        dict(mask_skip="flat", per_warpgroup_mask=True, tiles_per_step=2),
+        dict(mask_skip="cond"),
+        dict(mask_skip="cond", per_warpgroup_mask=True, tiles_per_step=2),
     ],
     ids=[
         "snake-weighted",
@@ -304,6 +306,8 @@ def test_gpu_mosaic_persistent_ring_across_items(order, programs, block_k, per_s
         "per-warpgroup-mask-two-per-step",
         "flat-passes",
         "flat-passes-per-warpgroup-two-per-step",
+        "cond-skip",
+        "cond-skip-per-warpgroup-two-per-step",
     ],
 )
 def test_gpu_mosaic_engine_options_keep_the_output_bitwise(opts):
@@ -352,6 +356,8 @@ def test_mosaic_refuses_overlap_with_two_tiles_per_step():
     plan = cluster_tile_plan(qs, ks, cmap, num_q=256, num_k=256, block_q=128, block_k=64, row_align=8)
     with pytest.raises(ValueError, match="overlap=True takes tiles_per_step=1"):
         cluster_sparse_attention_mosaic(q, k, v, plan, sm_scale=0.1, overlap=True, tiles_per_step=2)
+    with pytest.raises(ValueError, match="mask_skip must be one of"):
+        cluster_sparse_attention_mosaic(q, k, v, plan, sm_scale=0.1, mask_skip="never")
 
 
 def test_mosaic_refuses_unaligned_plan():

@@ -56,7 +56,9 @@ def test_block_kernel_lowers(block_k, per_step, padded, overlap):
         (64, 1, None, dict(overlap=True, per_warpgroup_mask=True)),
         (64, 2, None, dict(per_warpgroup_mask=True)),
         (128, 1, None, dict(per_warpgroup_mask=True)),
-        (64, 1, None, dict(nested_mask=False, per_warpgroup_mask=True)),
+        (64, 1, None, dict(mask_skip="flat", per_warpgroup_mask=True)),
+        (64, 1, None, dict(mask_skip="cond")),
+        (64, 2, None, dict(mask_skip="cond", per_warpgroup_mask=True)),
     ],
     ids=[
         "64",
@@ -68,6 +70,8 @@ def test_block_kernel_lowers(block_k, per_step, padded, overlap):
         "64-per-warpgroup-mask",
         "128-per-warpgroup",
         "64-flat-per-warpgroup",
+        "64-cond",
+        "64-two-per-step-cond-per-warpgroup",
     ],
 )
 def test_cluster_kernel_lowers(block_k, per_step, mask, opts):
