@@ -37,10 +37,10 @@ from svg_jax.pallas_kernels.cluster_plan import SPAN_UNIT, decode_chunk, decode_
 from svg_jax.pallas_kernels.cluster_sparse_attn_mosaic import (  # noqa: E402
     FAST_K,
     FAST_Q,
+    chunk_words,
     cluster_mask,
     cluster_sparse_attention_mosaic,
     mask_passes,
-    tile_words,
     warpgroup_flags,
 )
 from svg_jax.pallas_kernels.mosaic_flash import WG_ROWS, TileMask  # noqa: E402
@@ -82,8 +82,7 @@ def warpgroup_mix(plan) -> dict:
     lab = plan.q_labels.reshape(*plan.q_labels.shape[:2], -1, 2, WG_ROWS)  # [B, H, nqt, 2, 64]
     flags = warpgroup_flags(lab[..., 0], lab[..., -1], lab[..., :1, 0])  # [B, H, nqt, 2] each
     flags = {k: f[:, :, :, None, :] for k, f in flags.items()}  # against chunks [B, H, nqt, C, 1]
-    ck_last = plan.cluster_map.shape[-1] - 1
-    bits = jnp.take_along_axis(tile_words(plan), jnp.clip(plan.chunk_kfirst, 0, ck_last), axis=-1)[..., None]
+    bits = chunk_words(plan)[..., None]
     code = plan.chunk_codes[..., None]
     total = jnp.sum(listed) * 2
     mix = {}

@@ -311,9 +311,9 @@ def test_gpu_mosaic_persistent_ring_across_items(order, programs, block_k, per_s
     ],
 )
 def test_gpu_mosaic_engine_options_keep_the_output_bitwise(opts):
-    """Per-warpgroup masks, flat mask passes and other work orders change when and
-    where work is done, not what is computed: the same bits as the default kernel. (The per-warpgroup
-    column mask adds 0 or -inf where the default selects: the same bits.)"""
+    """Per-warpgroup masks, other ways of skipping the mask (flat loops, ``lax.cond``) and other work
+    orders change when and where work is done, not what is computed: the same bits as the default kernel.
+    (The per-warpgroup column mask adds 0 or -inf where the default selects: the same bits.)"""
     require_hopper()
     from svg_jax.pallas_kernels.cluster_sparse_attn_mosaic import cluster_sparse_attention_mosaic
 
@@ -408,7 +408,7 @@ def emulated_mask_errors(plan, per_warpgroup: bool) -> tuple[int, int]:
     """Replay the Mosaic cluster mask's passes in NumPy (:func:`mask_passes` decides which run, the masks
     are written out per element here) for every listed chunk and warpgroup of ``plan``, against the truth:
     a real query row sees column c iff c lies in the chunk's run and the map selects (its cluster, the
-    Returns (wrong elements, warpgroup-chunks that ran no mask pass)."""
+    key's cluster). Returns (wrong elements, warpgroup-chunks that ran no mask pass)."""
     from svg_jax.pallas_kernels.cluster_sparse_attn_mosaic import (
         FAST_K,
         FAST_Q,
