@@ -5,9 +5,10 @@
 Same problems as ``mosaic_steps.py`` (B1 H40 N75600 D128 bf16: the SVG2 preset's seriated plan, random
 300 × 1000 maps at 0.13). Per problem:
 
-* the chunk mix: the share of chunks that need no mask (interior of a uniform run), only the run's column
+* the chunk mix: the share of chunks that need no mask (a uniform chunk inside its run), only the run's column
   mask (a run's first or last chunk), the packed-bit mask of mixed chunks, or the rectangle loop; and per
-  (warpgroup, chunk) the passes the mask runs, by default and with ``per_warpgroup_mask``;
+  (warpgroup, chunk) the passes the mask runs, decided for the whole tile and per warpgroup
+  (``per_warpgroup_mask``, the default);
 * the kernel time (GPU, profiled) of the shipped kernel, of the variant that applies the packed mask to every
   chunk instead of branching, and of ablations that compute something else (timing only):
   the slow path replaced by the packed-bit mask, every chunk treated as uniform (no per-row mask), and no
@@ -75,8 +76,8 @@ def chunk_mix(plan) -> dict:
 
 
 def warpgroup_mix(plan) -> dict:
-    """Shares of (warpgroup, listed chunk) pairs by the passes the mask runs, default and per warpgroup
-    (:func:`mask_passes`): none, the column pass, the packed per-element pass, the slow pass."""
+    """Shares of (warpgroup, listed chunk) pairs by the passes the mask runs, decided tile-wide and per
+    warpgroup (:func:`mask_passes`): none, the column pass, the packed per-element pass, the slow pass."""
     width = plan.chunk_codes.shape[-1]
     listed = (jnp.arange(width) < plan.chunk_counts[..., None])[..., None]  # [B, H, nqt, C, 1]
     lab = plan.q_labels.reshape(*plan.q_labels.shape[:2], -1, 2, WG_ROWS)  # [B, H, nqt, 2, 64]
@@ -86,7 +87,7 @@ def warpgroup_mix(plan) -> dict:
     code = plan.chunk_codes[..., None]
     total = jnp.sum(listed) * 2
     mix = {}
-    for name, per_wg in (("default", False), ("per_warpgroup", True)):
+    for name, per_wg in (("tile_wide", False), ("per_warpgroup", True)):
         col, packed, slow, _, _ = mask_passes(code, bits, **flags, block_k=plan.block_k, per_warpgroup=per_wg)
         col, packed, slow = (jnp.broadcast_to(x, listed.shape[:-1] + (2,)) == 1 for x in (col, packed, slow))
         share = lambda m: float(jnp.sum(m & listed) / total)

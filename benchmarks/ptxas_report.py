@@ -33,9 +33,7 @@ VARIANTS = {
     "block 64, two tiles per step": ("block", dict(block_k=64, tiles_per_step=2, num_stages=4)),
     "cluster, ping-pong": ("cluster", dict(overlap=False)),
     "cluster, overlap": ("cluster", dict(overlap=True)),
-    "cluster, flat mask passes": ("cluster", dict(mask_skip="flat")),
-    "cluster, mask skipped by cond": ("cluster", dict(mask_skip="cond")),
-    "cluster, per-warpgroup mask": ("cluster", dict(per_warpgroup_mask=True)),
+    "cluster, tile-wide mask": ("cluster", dict(per_warpgroup_mask=False)),
 }
 
 COMPILE = """

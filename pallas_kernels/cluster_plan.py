@@ -8,11 +8,12 @@ clusters are contiguous rows too, so the union is a few *runs* of key rows; each
 past the run end are masked. So, unlike fixed key tiles, no unselected key cluster is ever computed; the
 waste is the tail of each run's last chunk.
 
-A run is *uniform* when every query cluster of the tile selects every key cluster of the run: its chunks
-need only the run-end mask. Otherwise (a tile spanning query clusters with different selections) the
-kernel also masks element by element with ``map[q_label[r], k_label[c]]``. Padded query rows get the
-sentinel label ``Cq`` and padded key rows ``Ck``; their map row / column is all False. Everything is
-``jnp`` (jittable, no host sync) with static sizes.
+A chunk is *uniform* when every query cluster of the tile selects every key cluster its rows lie in: it
+needs only the run-end mask. Otherwise (a tile spanning query clusters with different selections there)
+the kernel also masks element by element with ``map[q_label[r], k_label[c]]``. Uniformity is decided per
+chunk, not per run: on the Wan 720p SVG2 plan, most chunks of runs that are mixed somewhere are not.
+Padded query rows get the sentinel label ``Cq`` and padded key rows ``Ck``; their map row / column is all
+False. Everything is ``jnp`` (jittable, no host sync) with static sizes.
 
 ``row_align`` > 1 starts each run's first chunk at the multiple of ``row_align`` at or below the run's
 first row (the Mosaic kernel's TMA copies into 8-row tiles need that); the ``lead`` rows before the run
@@ -21,12 +22,12 @@ SPAN_UNIT·span``: columns ``lead <= c < valid`` belong to the run, and its rows
 clusters ``chunk_kfirst .. chunk_kfirst + span`` (``span`` saturates at ``MAX_SPAN``).
 
 Each run is described at its first key cluster (its *head*): a reverse running minimum finds where it ends
-(its end row, and whether it is uniform, are gathers there and prefix sums), and chunk slot ``c`` of a
-tile belongs to the last head whose first chunk is at or before ``c``, so no list of runs is ever
-compacted. The chunk lists have a static width. Their bound (:func:`max_chunks`) allows
-one run for every other key cluster, so the lists are far wider than a sparse layout needs, and building
-them costs time in proportion to the width. So a plan may be built narrower (``width``). It then runs only
-when every tile fits, and is otherwise rebuilt at full width (:func:`with_complete_plan`).
+(its end row is a gather there; whether a chunk is uniform, a prefix sum of mixed clusters), and chunk
+slot ``c`` of a tile belongs to the last head whose first chunk is at or before ``c``, so no list of runs
+is ever compacted. The chunk lists have a static width. Their bound (:func:`max_chunks`) allows one run
+for every other key cluster, so the lists are far wider than a sparse layout needs, and building them
+costs time in proportion to the width. So a plan may be built narrower (``width``). It then runs only when
+every tile fits, and is otherwise rebuilt at full width (:func:`with_complete_plan`).
 """
 
 import dataclasses
@@ -219,7 +220,6 @@ def _plan(
     at_last = jnp.minimum(run_last, ck - 1)  # valid at heads
     run_end_row = jnp.take_along_axis(jnp.broadcast_to(k_end, union.shape), at_last, axis=2)
     mixed_before = _prefix(mixed, axis=2)  # [G, nqt, Ck+1]
-    uniform = jnp.take_along_axis(mixed_before, at_last + 1, axis=2) == mixed_before[..., :ck]  # none mixed
     row_lead = k_start % row_align  # the first chunk starts `lead` rows before the run
     row_start = k_start - row_lead
     n_chunks = jnp.where(heads, -(-(run_end_row - row_start) // block_k), 0)  # [G, nqt, Ck]
@@ -238,12 +238,17 @@ def _plan(
     starts_row = of(row_start) + within * block_k
     valid = jnp.clip(of(run_end_row) - starts_row, 0, block_k)
     lead = jnp.where(within == 0, of(row_lead), 0)
-    code = 2 * valid + of(uniform).astype(jnp.int32) + LEAD_UNIT * lead
     in_list = jnp.arange(width)[None, None, :] < counts[:, :, None]
     starts_row = jnp.where(in_list, starts_row, 0).astype(jnp.int32)
     label_at = lambda rows: jnp.take_along_axis(k_lab, rows.reshape(g, -1), axis=1).reshape(rows.shape)
     kfirst = label_at(starts_row)
-    span = jnp.minimum(label_at(starts_row + jnp.maximum(valid, 1) - 1) - kfirst, MAX_SPAN)
+    klast = label_at(starts_row + jnp.maximum(valid, 1) - 1)
+    span = jnp.minimum(klast - kfirst, MAX_SPAN)
+    # A chunk of a mixed run is uniform when none of its own key clusters is mixed (the clusters of its
+    # lead rows, before the run, are not selected, so not mixed either).
+    mixed_in = lambda k: jnp.take_along_axis(mixed_before, jnp.minimum(k, ck), axis=2)
+    uniform_chunk = mixed_in(klast + 1) == mixed_in(kfirst)
+    code = 2 * valid + uniform_chunk.astype(jnp.int32) + LEAD_UNIT * lead
     code = jnp.where(in_list, code + SPAN_UNIT * span, 0).astype(jnp.int32)
     map_ext = jnp.pad(live, ((0, 0), (0, 1), (0, 1))).astype(jnp.int8)  # sentinel row/column stay False
     q_bounds = _bounds(q_sizes, num_q, nqt * block_q)

@@ -7,8 +7,8 @@ tiles; the plan is built with ``row_align=8``), and the compute warpgroups mask
 
 * the rows before the run's first row and past its end (``lead <= cols < valid``), on a run's first and
   last chunks (interior chunks, all rows inside the run, skip the mask);
-* on a *mixed* chunk (the tile's query clusters disagree on the run), what each row's own query cluster
-  does not select. Fast path: when the tile holds at most ``FAST_Q`` = 4 query clusters and the chunk
+* on a *mixed* chunk (the tile's query clusters disagree on its key clusters), what each row's own query
+  cluster does not select. Fast path: when the tile holds at most ``FAST_Q`` = 4 query clusters and the chunk
   spans at most ``FAST_K`` = 8 key clusters, the map entries involved fit one 32-bit word, read from
   :func:`chunk_words` (per chunk, packed in XLA before the kernel). Both masks are one
   pass over the logits: per row the word shifted down by the row's query slot, per column the bit of its
@@ -20,17 +20,20 @@ tiles; the plan is built with ``row_align=8``), and the compute warpgroups mask
   cluster pairs, three dependent loads and a sweep of the tile each, cost 1 ms of the Wan 720p SVG2
   plan's 36.6, from one tile with 295 such chunks.)
 
-Where the time goes (H200, Wan 720p SVG2 plan, ``benchmarks/cluster_loads.py``, 2026-12-01): 31.9 ms
-against 26.3 with no mask at all, although 87% of the chunks skip the mask; only the chunk code loaded
-per chunk, 30.1. The mask's passes sit inside one 0/1-trip loop (``mask_skip="loop"``): each such loop
-carrying the logits costs on every chunk, masked or not (a third pass, flat, cost 4–5 ms); a ``lax.cond``
-instead (``mask_skip="cond"``) is not yet timed. Timed and not adopted:
-loading the scalars two or four steps ahead (34.8 / 36.4 ms against 34.3), masking before the scale
-(34.7), per-warpgroup masks (``per_warpgroup_mask``, 34.9 nested against 33.5–33.8, although they halve
-the warpgroup-chunks that test bits), the key-label vector loaded only for mixed chunks (33.5–33.8
-against 31.9 loaded for all), the run's edges masked by a column bias (34.3), and the chunk scalars copied
-by the producer into shared memory beside each K tile (no faster, and reading them a step ahead could
-deadlock a two-slot ring). The engine's intra-warpgroup overlap leaves this kernel unchanged.
+Each tile walks its chunks that take a mask first (:func:`masked_first`) and the rest without the
+mask's code, so the 96% of chunks that need none (on the Wan 720p SVG2 plan, with uniformity decided per
+chunk by the plan) run the engine's unmasked loop. On the masked chunks each warpgroup decides for itself
+(``per_warpgroup_mask``): a warpgroup whose rows lie in one query cluster needs no mask or a column bias.
+
+Where the time goes (H200, Wan 720p SVG2 plan, ``benchmarks/cluster_loads.py``, 2026-12-01): 27.0–28.8 ms in
+four runs against 26.2–26.3 with no mask at all and 25.0 for density × cuDNN. The steps there: every chunk
+through one mask branch, 31.9 ms; masked chunks walked first, 31.2; uniformity per chunk instead of per run
+(mixed chunks 11.5% → 2.4%), 29.4; per-warpgroup masks, 27.0–28.8. Timed and not adopted (with every chunk
+through the branch): loading the scalars two or four steps ahead (34.8 / 36.4 ms against 34.3), masking
+before the scale (34.7), the key-label vector loaded only for mixed chunks (33.5–33.8 against 31.9 loaded
+for all), the run's edges masked by a column bias (34.3), and the chunk scalars copied by the producer into
+shared memory beside each K tile (no faster, and reading them a step ahead could deadlock a two-slot ring).
+The engine's intra-warpgroup overlap leaves this kernel unchanged.
 
 The per-chunk scalars (start, code, first key cluster and the chunk's packed word) are loaded one chunk
 ahead and the key-label vector before the chunk's ``Q Kᵀ`` (the engine's two load stages), so their
@@ -38,6 +41,7 @@ latency hides under the matrix multiply. Everything past the plan is exact: a ro
 nothing outputs zeros.
 """
 
+import dataclasses
 import functools
 
 import jax
@@ -56,7 +60,6 @@ ROW_ALIGN = 8  # TMA copies into (8, 64)-tiled shared memory start at a multiple
 # 720p: 37.5 -> 36.2-37.2 ms on the SVG2 plan, 82.0 -> 81.0 ms on random maps (mosaic_steps.py).
 DEFAULT_STAGES = {64: 4, 128: 2}
 FAST_Q, FAST_K = 4, 8  # fast path: <= 4 query clusters per tile x <= 8 key clusters per chunk = 32 bits
-MASK_SKIPS = ("loop", "cond", "flat")  # how chunks without a mask skip its passes (cluster_mask's skip)
 
 
 def check_mosaic_plan(q: jax.Array, plan: ClusterTilePlan) -> None:
@@ -112,8 +115,7 @@ def cluster_mask(
     *,
     block_k: int,
     branch: bool = True,
-    per_warpgroup: bool = False,
-    skip: str = "loop",
+    per_warpgroup: bool = True,
 ) -> TileMask:
     """The engine's mask: the run's columns on a run's first and last chunks; on mixed chunks the packed-bit
     selection of each row's query cluster, or, where the tile or chunk has too many clusters for one word,
@@ -122,21 +124,22 @@ def cluster_mask(
     ``branch`` False applies the packed mask to every chunk instead of branching around it (a benchmark
     variant, ``benchmarks/cluster_mask.py``: 40.9–46.0 ms against 34.5–35.9 on the Wan 720p SVG2 plan).
 
-    ``per_warpgroup`` True decides per warpgroup: when its 64 rows lie in one query cluster, a mixed chunk
-    is either wholly selected for it (no mask) or masked by columns (a 0 / -inf column bias, one add a
-    logit); only warpgroups spanning several query clusters test bits per element. Same output; slower
-    (34.9 against 33.5–33.8 ms on the Wan 720p SVG2 plan, H200, ``benchmarks/cluster_loads.py``).
+    ``per_warpgroup`` (default) decides per warpgroup: when its 64 rows lie in one query cluster, a mixed
+    chunk is either wholly selected for it (no mask) or masked by columns (a 0 / -inf column bias, one add
+    a logit); only warpgroups spanning several query clusters test bits per element. Same output. On the
+    Wan 720p SVG2 plan (H200, ``benchmarks/cluster_loads.py``) it cuts the kernel from 29.1–29.5 to
+    27.0–28.8 ms, now that only the chunks that take a mask run this code (:func:`masked_first`; before
+    that it was slower, 34.9 against 33.5–33.8 ms). On random maps, where 95% of chunks take a mask, it
+    costs: 91.0 against 81.2 ms (``--problem random``); pass False for unstructured maps.
 
-    ``skip``: how chunks without a mask (87% on that plan) skip the passes (:data:`MASK_SKIPS`, same output
-    for all). ``"loop"`` (default) puts the passes inside one 0/1-trip ``fori_loop``; ``"cond"`` inside
-    one ``lax.cond`` (not yet timed); ``"flat"`` gives each pass its own 0/1-trip loop. Each such loop that
-    carries the logits costs on every chunk: flat, a third pass (``per_warpgroup``) took the plan from 34
-    to 38.7 ms, inside one loop 34.9.
+    The passes sit inside one 0/1-trip ``fori_loop``, which a warpgroup that needs no pass skips. When every
+    chunk came through here, each loop carrying the logits cost on every chunk (a third pass in its own
+    loop took the plan from 34 to 38.7 ms, inside the one loop 34.9). Now that only the masked chunks do,
+    a ``lax.cond`` instead or one loop per pass read the same (29.2–30.1 against 28.1–29.5 ms) and were
+    removed.
 
     Stage 1 (a chunk ahead) loads the chunk's start, code, first key cluster and packed word, the last from
     the :func:`chunk_words` table (the last of ``tables``), indexed by chunk."""
-    if skip not in MASK_SKIPS:
-        raise ValueError(f"skip must be one of {MASK_SKIPS}; got {skip!r}")
     starts, codes, _, kfirst, q_lab, k_lab, bitmap, words = tables
     b, h, t = at
     width = starts.shape[-1]
@@ -217,13 +220,10 @@ def cluster_mask(
                 s = packed_mask(0, s)
             return lax.fori_loop(0, slow_trips, slow_mask, s)
 
-        if skip == "flat" or not branch:
+        if not branch:
             return masks(0, s)
-        # One branch around the passes: a chunk without a mask, most of them, skips it once rather than once
-        # per pass. Each branch that carries the logits costs on every chunk.
+        # One branch around the passes: a warpgroup that needs none skips it once rather than once per pass.
         any_pass = jnp.maximum(jnp.maximum(column_trips, packed_trips), slow_trips)
-        if skip == "cond":
-            return lax.cond(any_pass > 0, functools.partial(masks, 0), lambda s: s, s)
         return lax.fori_loop(0, any_pass, masks, s)
 
     return TileMask(stage1, stage2, apply)
@@ -279,8 +279,7 @@ def cluster_sparse_attention_mosaic(
     order: str = "head_lpt",
     mask_weight: float | None = None,
     overlap: bool | None = None,
-    per_warpgroup_mask: bool = False,
-    mask_skip: str = "loop",
+    per_warpgroup_mask: bool = True,
     make_mask=None,
 ) -> Float[Array, "B N H D"]:
     """Run the Mosaic kernel on a plan built with ``block_q=128``, ``block_k`` 64 or 128 and ``row_align=8``
@@ -292,14 +291,16 @@ def cluster_sparse_attention_mosaic(
     ranks query tiles by their chunk count plus ``mask_weight`` per chunk that takes a mask.
 
     ``overlap``: the engine's intra-warpgroup pipelining (:func:`.mosaic_flash.sparse_flash_mosaic`).
-    ``per_warpgroup_mask``: :func:`cluster_mask`'s ``per_warpgroup``; keeps the output bitwise, and is off
-    because it was slower (``benchmarks/cluster_loads.py``). ``mask_skip``: its ``skip`` (same output).
+    ``per_warpgroup_mask``: :func:`cluster_mask`'s ``per_warpgroup`` (default on; False gives the same
+    bits).
+
+    The chunks that take a mask are walked first (:func:`masked_first`), the rest without the mask's code
+    at all (the engine's ``masked_counts``).
 
     ``make_mask`` replaces the kernel's mask (:func:`cluster_mask`, same signature): an ablation hook for
     benchmarks, which then compute something else than the plan's attention."""
     check_mosaic_plan(q, plan)
-    if mask_skip not in MASK_SKIPS:
-        raise ValueError(f"mask_skip must be one of {MASK_SKIPS}; got {mask_skip!r}")
+    plan, masked_counts = masked_first(plan)
     n = q.shape[1]
     bk = plan.block_k
     nqt, width = plan.chunk_starts.shape[2:]
@@ -328,15 +329,10 @@ def cluster_sparse_attention_mosaic(
         kp,
         vp,
         counts=jnp.clip(plan.chunk_counts, 0, width),
+        masked_counts=masked_counts,
         key_row=key_row,
         make_mask=functools.partial(
-            make_mask
-            or functools.partial(
-                cluster_mask,
-                per_warpgroup=per_warpgroup_mask,
-                skip=mask_skip,
-            ),
-            block_k=bk,
+            make_mask or functools.partial(cluster_mask, per_warpgroup=per_warpgroup_mask), block_k=bk
         ),
         block_k=bk,
         sm_scale=sm_scale,
@@ -350,13 +346,38 @@ def cluster_sparse_attention_mosaic(
     return out[:, :n]
 
 
+def needs_mask(plan: ClusterTilePlan) -> jax.Array:
+    """``[B, H, nqt, C]`` bool: the listed chunks that take a mask (a run's edge chunk or a mixed one)."""
+    listed = jnp.arange(plan.chunk_codes.shape[-1]) < plan.chunk_counts[..., None]
+    lead, valid, uniform = decode_chunk(plan.chunk_codes)
+    return listed & ((lead > 0) | (valid < plan.block_k) | (uniform == 0))
+
+
+def masked_first(plan: ClusterTilePlan) -> tuple[ClusterTilePlan, jax.Array]:
+    """The plan with each tile's chunks that take a mask moved to the front of its list (in order, then the
+    rest in order), and ``[B, H, nqt]`` how many there are: the engine walks those with the mask and the
+    rest without its code (``masked_counts`` of :func:`.mosaic_flash.sparse_flash_mosaic`). Same chunks, so
+    the same attention up to the order of the online softmax's sums. One scatter, no sort."""
+    masked = needs_mask(plan)
+    width = masked.shape[-1]
+    slot = jnp.arange(width, dtype=jnp.int32)
+    listed = slot < plan.chunk_counts[..., None]
+    n_masked = jnp.sum(masked, axis=-1, dtype=jnp.int32)
+    plain = listed & ~masked
+    to = jnp.where(
+        masked,
+        jnp.cumsum(masked, axis=-1, dtype=jnp.int32) - 1,
+        jnp.where(plain, n_masked[..., None] + jnp.cumsum(plain, axis=-1, dtype=jnp.int32) - 1, slot),
+    )  # a permutation of each list's slots: listed chunks fill the first count, the tail stays
+    move = lambda x: jnp.put_along_axis(x, to, x, axis=-1, inplace=False)
+    fields = ("chunk_starts", "chunk_codes", "chunk_kfirst")
+    return dataclasses.replace(plan, **{f: move(getattr(plan, f)) for f in fields}), n_masked
+
+
 def tile_cost(plan: ClusterTilePlan, mask_weight: float) -> jax.Array:
     """``[B, H, nqt]`` float32: each query tile's chunk count plus ``mask_weight`` per masked chunk (a run's
     first or last chunk, or a mixed one)."""
-    width = plan.chunk_codes.shape[-1]
-    listed = jnp.arange(width) < plan.chunk_counts[..., None]
-    lead, valid, uniform = decode_chunk(plan.chunk_codes)
-    masked = listed & ((lead > 0) | (valid < plan.block_k) | (uniform == 0))
+    masked = needs_mask(plan)
     return plan.chunk_counts.astype(jnp.float32) + mask_weight * jnp.sum(masked, axis=-1, dtype=jnp.float32)
 
 

@@ -11,7 +11,8 @@ visits) and two functions of its index tables (GMEM int32 refs read as scalars):
   ``apply(first, second, s)`` masks the ``[64, block_k]`` logits. The engine pipelines the loads: step
   ``j`` issues ``stage2`` of tile ``j`` (its inputs came one step earlier) and ``stage1`` of tile
   ``j + 1`` before its ``Q Kᵀ``, and uses them after it, so the loads hide under the matrix multiply
-  and only ``stage1``'s few scalars ride in the loop carry (``j`` may pass the list end: clamp).
+  and only ``stage1``'s few scalars ride in the loop carry (``j`` may pass the list end: clamp). With
+  ``masked_counts``, a list's first tiles take the mask and the rest run the loop without its code.
 
 The grid is persistent: one CTA per SM deals itself the items of a work list (:func:`work_order`: head
 by head for L2 reuse of K and V, longest list first inside a head). Each CTA runs three warpgroups (the
@@ -32,6 +33,7 @@ An item whose count is 0 writes zeros, and so does a row that no tile lets see a
 multiples of 64 (≤ 256), bf16 or f16.
 """
 
+import functools
 import math
 from collections.abc import Callable
 from typing import NamedTuple
@@ -94,6 +96,7 @@ def check_mosaic_inputs(q: jax.Array, block_q: int, block_k: int) -> None:
 
 def _kernel(
     counts_ref,
+    masked_ref,
     order_ref,
     tables,
     q_ref,
@@ -110,7 +113,7 @@ def _kernel(
     overlap,
     dtype,
 ):
-    key_row, make_mask = walk
+    key_row, make_mask, split = walk
     sm, n_programs = lax.axis_index("sm"), lax.axis_size("sm")
     wg = lax.axis_index("wg")
     (qo_smem2, k_smem, v_smem), (k_ready, v_ready, q_ready), (k_free, v_free), schedule = scoped
@@ -145,6 +148,7 @@ def _kernel(
             batch, head, qt = at
             count = counts_ref[at]
             n_steps = steps_of(count)
+            n_masked = jnp.minimum(steps_of(masked_ref[at]), n_steps)  # the steps that take the mask
             row0 = qt * CTA_ROWS + wg * WG_ROWS
             plgpu.copy_gmem_to_smem(q_ref.at[batch, pl.ds(row0, WG_ROWS), head], qo_smem, q_ready.at[wg])
             mask = make_mask(tables, at, row0) if make_mask is not None else None
@@ -164,9 +168,9 @@ def _kernel(
             def slots_of(p):  # the ring slots of step p's tiles
                 return [ring(base + p * per + i) for i in range(per)]
 
-            def mask_loads(p, meta):  # stage 2 of step p's tiles (stage 1 came a step earlier) and the next
-                if mask is None:
-                    return (), (), ()
+            def mask_loads(p, meta, masked):  # stage 2 of step p's tiles (their stage 1 came a step earlier)
+                if not masked:  # and stage 1 of the next; an unmasked segment carries stage 1 unused
+                    return (), (), meta
                 seconds = [mask.stage2(p * per + i, meta[i]) for i in range(per)]
                 return meta, seconds, tuple(mask.stage1((p + 1) * per + i) for i in range(per))
 
@@ -178,9 +182,9 @@ def _kernel(
                 for slot, p_ in zip(slots, p16, strict=True):
                     plgpu.wgmma(o_ref, p_, v_smem.at[slot])
 
-            def logits(p, ss, firsts, seconds):  # scaled to base 2 and masked
+            def logits(p, ss, firsts, seconds, masked):  # scaled to base 2 and masked
                 ss = [s * (sm_scale * LOG2E) for s in ss]
-                if mask is not None:
+                if masked:
                     ss = [mask.apply(firsts[i], seconds[i], s) for i, s in enumerate(ss)]
                 for i in range(1, per):  # the padding tile past an odd list's end sees nothing (0/1 trips)
                     pad = (p * per + i >= count).astype(jnp.int32)
@@ -216,12 +220,12 @@ def _kernel(
             def rescale(acc, alpha):
                 return acc * lax.broadcast_in_dim(alpha, acc.shape, [0])
 
-            def step(p, carry):  # Q Kᵀ, softmax, then P V: the other warpgroup's GEMMs hide the softmax
+            def step(p, carry, masked):  # Q Kᵀ, softmax, P V: the other warpgroup's GEMMs hide the softmax
                 acc, m_i, l_i, meta = carry
                 slots = slots_of(p)
-                firsts, seconds, meta = mask_loads(p, meta)
+                firsts, seconds, meta = mask_loads(p, meta, masked)
                 ss = scores(slots)
-                m_new, alpha, l_i, p16 = softmax(logits(p, ss, firsts, seconds), m_i, l_i)
+                m_new, alpha, l_i, p16 = softmax(logits(p, ss, firsts, seconds, masked), m_i, l_i)
                 acc = rescale(acc, alpha)
                 acc, l_i, m_new, p16 = lax.optimization_barrier((acc, l_i, m_new, p16))
                 plgpu.barrier_arrive(schedule)  # softmax done
@@ -242,20 +246,20 @@ def _kernel(
                     plgpu.barrier_arrive(v_free.at[slot])
                 return acc, m_new, l_i, meta
 
-            def first_step(_, carry):  # overlap: step 0 is Q K_0 and its softmax alone
+            def first_step(_, carry, masked):  # overlap: step 0 is Q K_0 and its softmax alone
                 acc, m_i, l_i, _, meta = carry
                 slots = slots_of(0)
-                firsts, seconds, meta = mask_loads(0, meta)
+                firsts, seconds, meta = mask_loads(0, meta, masked)
                 ss = scores(slots)
-                m_new, _, l_i, p16 = softmax(logits(0, ss, firsts, seconds), m_i, l_i)
+                m_new, _, l_i, p16 = softmax(logits(0, ss, firsts, seconds, masked), m_i, l_i)
                 l_i, m_new, p16 = lax.optimization_barrier((l_i, m_new, p16))
                 schedule_sync()
                 return acc, m_new, l_i, p16, meta
 
-            def overlapped_step(p, carry):  # overlap: Q K_p and P_{p-1} V_{p-1} in flight, then softmax p
+            def overlapped_step(p, carry, masked):  # overlap: Q K_p and P_{p-1} V_{p-1} in flight, softmax p
                 acc, m_i, l_i, p16, meta = carry
                 slots, prev = slots_of(p), slots_of(p - 1)
-                firsts, seconds, meta = mask_loads(p, meta)
+                firsts, seconds, meta = mask_loads(p, meta, masked)
                 for slot, slot_prev in zip(slots, prev, strict=True):
                     plgpu.barrier_wait(k_ready.at[slot])
                     plgpu.barrier_wait(v_ready.at[slot_prev])
@@ -275,7 +279,7 @@ def _kernel(
                     ss = pl.run_scoped(qk, *[plgpu.ACC((WG_ROWS, block_k), jnp.float32)] * per)
                     for slot in slots:
                         plgpu.barrier_arrive(k_free.at[slot])
-                    ss = logits(p, ss, firsts, seconds)
+                    ss = logits(p, ss, firsts, seconds, masked)
                     m_new, alpha, l_new, p_new = softmax(ss, m_ref[...], l_ref[...], jnp.float32)
                     l_new, m_new, alpha, p_new = lax.optimization_barrier((l_new, m_new, alpha, p_new))
                     m_ref[...], l_ref[...], alpha_ref[...] = m_new, l_new, alpha
@@ -301,14 +305,32 @@ def _kernel(
                     plgpu.barrier_arrive(v_free.at[slot])
                 return acc
 
+            # The walk in segments (static): steps [start, end) with or without the mask's code. With `split`,
+            # the lists hold the tiles that take the mask first, so the rest run without even its branch.
+            if mask is None:
+                segments = [(False, n_steps)]
+            elif split:
+                segments = [(True, n_masked), (False, n_steps)]
+            else:
+                segments = [(True, n_steps)]
+            starts = [jnp.int32(0)] + [end for _, end in segments[:-1]]
+            one = lambda x: jnp.minimum(x, 1)
             if overlap:
                 p16 = (plgpu.layout_cast(jnp.zeros((WG_ROWS, block_k), dtype), plgpu.Layout.WGMMA),) * per
                 carry = (acc, m_i, l_i, p16, meta)
-                carry = lax.fori_loop(0, jnp.minimum(n_steps, 1), first_step, carry)
-                acc, m_i, l_i, p16, _ = lax.fori_loop(1, n_steps, overlapped_step, carry)
-                acc = lax.fori_loop(0, jnp.minimum(n_steps, 1), lambda _, acc: last_pv(acc, p16), acc)
+                for start, (masked, end) in zip(starts, segments, strict=True):  # one segment takes step 0
+                    body = functools.partial(first_step, masked=masked)
+                    carry = lax.fori_loop(0, one(end) - one(start), body, carry)
+                for start, (masked, end) in zip(starts, segments, strict=True):
+                    body = functools.partial(overlapped_step, masked=masked)
+                    carry = lax.fori_loop(jnp.maximum(start, 1), jnp.maximum(end, 1), body, carry)
+                acc, m_i, l_i, p16, _ = carry
+                acc = lax.fori_loop(0, one(n_steps), lambda _, acc: last_pv(acc, p16), acc)
             else:
-                acc, m_i, l_i, _ = lax.fori_loop(0, n_steps, step, (acc, m_i, l_i, meta))
+                carry = (acc, m_i, l_i, meta)
+                for start, (masked, end) in zip(starts, segments, strict=True):
+                    carry = lax.fori_loop(start, end, functools.partial(step, masked=masked), carry)
+                acc, m_i, l_i, _ = carry
             pl.when(wg == 0)(schedule_sync)
             # Rows that saw no key have l = 0 and acc = 0: output zeros, not NaN.
             acc = acc / lax.broadcast_in_dim(jnp.maximum(l_i, 1e-30), acc.shape, [0])
@@ -416,6 +438,7 @@ def sparse_flash_mosaic(
     counts: jax.Array,
     key_row: Callable,
     make_mask: Callable | None,
+    masked_counts: jax.Array | None = None,
     block_k: int,
     sm_scale: float,
     num_stages: int = 2,
@@ -433,6 +456,11 @@ def sparse_flash_mosaic(
     The grid is persistent: ``num_programs`` CTAs (default one per SM) deal the work list of
     :func:`work_order` round-robin, and each carries its K/V ring across its items, so the producer
     streams the next item's first tiles while the compute warpgroups finish the current one.
+
+    ``masked_counts`` (``[B, H, nqt]``, optional): the lists hold the tiles that need ``make_mask`` first,
+    this many of them; the rest of each walk runs without the mask's code at all (no loads, no branch). By
+    default every tile goes through ``make_mask``'s ``apply``. A step with ``tiles_per_step`` 2 that holds
+    a masked tile takes the mask on both (``apply`` must leave a tile that needs none unchanged).
 
     ``tiles_per_step`` 2 walks the lists two tiles per softmax step (:data:`TILES_PER_STEP`); the ring then
     holds at least 4 tiles. ``order`` and ``cost``: see :func:`work_order`.
@@ -469,12 +497,20 @@ def sparse_flash_mosaic(
     order_arr = work_order(counts, order, programs=programs, cost=cost)
     n_tab = len(tables)
 
+    split = masked_counts is not None
+    if split and masked_counts.shape != counts.shape:
+        raise ValueError(
+            f"masked_counts must have the shape of counts {counts.shape}; got {masked_counts.shape}"
+        )
+    masked_counts = (masked_counts if split else counts).astype(jnp.int32)
+
     def sparse_flash_attention(*refs):  # (the profiler's kernel name)
-        counts_ref, order_ref = refs[:2]
-        tabs, (q_ref, k_ref, v_ref, out_ref) = refs[2 : 2 + n_tab], refs[2 + n_tab :]
+        counts_ref, masked_ref, order_ref = refs[:3]
+        tabs, (q_ref, k_ref, v_ref, out_ref) = refs[3 : 3 + n_tab], refs[3 + n_tab :]
         pl.run_scoped(
             lambda *scoped: _kernel(
                 counts_ref,
+                masked_ref,
                 order_ref,
                 tabs,
                 q_ref,
@@ -482,7 +518,7 @@ def sparse_flash_mosaic(
                 v_ref,
                 out_ref,
                 scoped,
-                walk=(key_row, make_mask),
+                walk=(key_row, make_mask, split),
                 block_k=block_k,
                 sm_scale=sm_scale,
                 stages=stages,
@@ -514,4 +550,4 @@ def sparse_flash_mosaic(
         thread_name="wg",
         compiler_params=plgpu.CompilerParams(approx_math=True),
         interpret=plgpu.InterpretGPUParams() if interpret else None,
-    )(counts, order_arr, *tables, q, k, v)
+    )(counts, masked_counts, order_arr, *tables, q, k, v)

@@ -133,8 +133,8 @@ def test_rows_of_unselecting_clusters_are_zero(interpret):
 )
 def test_plan_is_exact(n, m, cq, ck, density, row_align, seed):
     """Each query tile's chunks cover exactly the keys some of its rows may see, each key once, in as few
-    chunks as the runs allow; a uniform chunk is allowed for every real row of the tile; chunks start at
-    multiples of row_align."""
+    chunks as the runs allow; a chunk is uniform exactly when all its run rows are allowed for every real
+    row of the tile; chunks start at multiples of row_align."""
     b, h, bq, bk = 1, 2, 32, 16
     qs, ks, cmap = random_problem(seed, b, n, m, h, cq, ck, density)
     plan = tile_plan(qs, ks, cmap, num_q=n, num_k=m, block_q=bq, block_k=bk, row_align=row_align)
@@ -156,8 +156,8 @@ def test_plan_is_exact(n, m, cq, ck, density, row_align, seed):
                 assert plan.chunk_kfirst[0, hi, t, j] == labels[0]
                 assert decode_span(codes[0, hi, t, j]) == min(labels[-1] - labels[0], MAX_SPAN)
                 covered[start + lead : start + valid] += 1
-                if uniform:
-                    assert rows[:, start + lead : start + valid].all()
+                # uniform exactly when every real row of the tile may see all of the chunk's run rows
+                assert bool(uniform) == rows[:, start + lead : start + valid].all()
             assert covered.max(initial=0) <= 1, "a key row is visited twice"
             np.testing.assert_array_equal(covered.astype(bool), rows.any(axis=0))
             # No chunk too many: each maximal run of needed key rows costs ceil(rows from its aligned start).
@@ -293,27 +293,19 @@ def test_gpu_mosaic_persistent_ring_across_items(order, programs, block_k, per_s
     "opts",
     [
         dict(order="head_snake", mask_weight=2.4),
-        dict(per_warpgroup_mask=True),
-        dict(per_warpgroup_mask=True, tiles_per_step=2),
-        dict(mask_skip="flat"),
-        dict(mask_skip="flat", per_warpgroup_mask=True, tiles_per_step=2),
-        dict(mask_skip="cond"),
-        dict(mask_skip="cond", per_warpgroup_mask=True, tiles_per_step=2),
+        dict(per_warpgroup_mask=False),
+        dict(per_warpgroup_mask=False, tiles_per_step=2),
     ],
     ids=[
         "snake-weighted",
-        "per-warpgroup-mask",
-        "per-warpgroup-mask-two-per-step",
-        "flat-passes",
-        "flat-passes-per-warpgroup-two-per-step",
-        "cond-skip",
-        "cond-skip-per-warpgroup-two-per-step",
+        "tile-wide-mask",
+        "tile-wide-mask-two-per-step",
     ],
 )
 def test_gpu_mosaic_engine_options_keep_the_output_bitwise(opts):
-    """Per-warpgroup masks, other ways of skipping the mask (flat loops, ``lax.cond``) and other work
-    orders change when and where work is done, not what is computed: the same bits as the default kernel.
-    (The per-warpgroup column mask adds 0 or -inf where the default selects: the same bits.)"""
+    """Tile-wide masks and other work orders change when and where work is done, not what is computed: the
+    same bits as the default kernel. (The default per-warpgroup column mask adds 0 or -inf where the
+    tile-wide mask selects: the same bits.)"""
     require_hopper()
     from svg_jax.pallas_kernels.cluster_sparse_attn_mosaic import cluster_sparse_attention_mosaic
 
@@ -356,8 +348,6 @@ def test_mosaic_refuses_overlap_with_two_tiles_per_step():
     plan = cluster_tile_plan(qs, ks, cmap, num_q=256, num_k=256, block_q=128, block_k=64, row_align=8)
     with pytest.raises(ValueError, match="overlap=True takes tiles_per_step=1"):
         cluster_sparse_attention_mosaic(q, k, v, plan, sm_scale=0.1, overlap=True, tiles_per_step=2)
-    with pytest.raises(ValueError, match="mask_skip must be one of"):
-        cluster_sparse_attention_mosaic(q, k, v, plan, sm_scale=0.1, mask_skip="never")
 
 
 def test_mosaic_refuses_unaligned_plan():
@@ -387,6 +377,47 @@ def test_tile_words_pack_the_fast_path_map():
                         u, kc = lo[0, hi, t] + s, j + i
                         want = full[0, hi, u, kc] if u <= cq and kc <= ck else 0
                         assert (words[0, hi, t, j] >> (FAST_Q * i + s)) & 1 == want
+
+
+@pytest.mark.parametrize("seed, density", [(30, 0.3), (31, 0.7), (32, 0.0), (33, 1.0)])
+def test_masked_first_moves_the_masked_chunks_to_the_front(seed, density):
+    """Each list becomes its chunks that take a mask, in order, then the others in order; the slots past
+    the list are untouched, the counts are those of :func:`needs_mask`, and the rest of the plan is kept."""
+    from svg_jax.pallas_kernels.cluster_sparse_attn_mosaic import masked_first, needs_mask
+
+    n, m = 700, 650
+    qs, ks, cmap = random_problem(seed, 2, n, m, 2, 12, 30, density)
+    plan = cluster_tile_plan(qs, ks, cmap, num_q=n, num_k=m, block_q=128, block_k=64, row_align=8)
+    moved, n_masked = jax.jit(masked_first)(plan)
+    masked, counts = np.asarray(needs_mask(plan)), np.asarray(plan.chunk_counts)
+    np.testing.assert_array_equal(np.asarray(n_masked), masked.sum(-1))
+    fields = ("chunk_starts", "chunk_codes", "chunk_kfirst")
+    for idx in np.ndindex(*counts.shape):
+        c = counts[idx]
+        order = [*np.flatnonzero(masked[idx][:c]), *np.flatnonzero(~masked[idx][:c])]
+        order += list(range(c, masked.shape[-1]))
+        for f in fields:
+            want = np.asarray(getattr(plan, f))[idx][order]
+            np.testing.assert_array_equal(np.asarray(getattr(moved, f))[idx], want)
+    past = np.arange(masked.shape[-1]) >= np.asarray(n_masked)[..., None]
+    assert not np.asarray(needs_mask(moved))[past].any()
+    for f in ("q_labels", "k_labels", "cluster_map", "chunk_counts"):
+        np.testing.assert_array_equal(np.asarray(getattr(moved, f)), np.asarray(getattr(plan, f)))
+
+
+def test_masked_first_plan_gives_the_same_attention():
+    """A plan whose lists are reordered by :func:`masked_first` is still a plan of the same attention (the
+    Triton kernel, interpreted, against the oracle)."""
+    from svg_jax.pallas_kernels.cluster_sparse_attn_mosaic import masked_first
+
+    n, m, h, d = 200, 180, 2, 64
+    q, k, v = random_qkv(34, 1, n, m, h, d)
+    qs, ks, cmap = random_problem(35, 1, n, m, h, 6, 14, 0.4)
+    plan = cluster_tile_plan(qs, ks, cmap, num_q=n, num_k=m, block_q=32, block_k=16, row_align=8)
+    moved, _ = masked_first(plan)
+    opts = dict(implementation="pallas_triton", interpret=True)
+    out = jax.jit(functools.partial(cluster_sparse_attention_from_plan, **opts))(q, k, v, moved)
+    assert_close(out, cluster_sparse_attention_reference(q, k, v, qs, ks, cmap), jnp.float32)
 
 
 @pytest.mark.parametrize("ck", [1, 31, 32, 70])
