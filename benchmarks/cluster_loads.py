@@ -94,12 +94,8 @@ def main(argv=None) -> int:
     if unknown:
         p.error(f"--only: unknown variants {sorted(unknown)}; choose from {[*OPTIONS, *ABLATIONS]}")
     chosen = lambda table: {k: v for k, v in table.items() if args.only is None or k in args.only}
-    key = jax.random.key(0)
-    if args.problem == "svg2":
-        qkv, plan, _ = svg2_problem(key)
-    else:  # the same operands as mosaic_steps.py's random problem
-        qkv = tuple(jax.random.normal(kk, (B, N, H, D), jnp.bfloat16) for kk in jax.random.split(key, 3))
-        plan, _ = random_problem(jax.random.fold_in(key, 13), 0.13)
+    problem = svg2_problem if args.problem == "svg2" else random_problem
+    qkv, plan, _ = problem(jax.random.key(0))
     operands = (*qkv, plan)  # the plan as an argument, not a constant XLA would fold at compile time
     make = lambda **o: jax.jit(functools.partial(cluster_sparse_attention_mosaic, sm_scale=D**-0.5, **o))
     shipped = make()

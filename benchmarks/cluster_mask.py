@@ -179,10 +179,9 @@ def main(argv=None) -> int:
         mixes["svg2 (empty clusters inside)"] = chunk_mix(plan)
         rows += run("svg2 (empty clusters inside)", plan, operands, useful, dense["median_ms"], None)
     if not args.skip_random:
-        q, k, v = (jax.random.normal(kk, (B, N, H, D), jnp.bfloat16) for kk in jax.random.split(key, 3))
-        plan, useful = random_problem(jax.random.fold_in(key, 13), 0.13)
+        operands, plan, useful = random_problem(key)
         mixes["random 0.13"] = chunk_mix(plan)
-        rows += run("random 0.13", plan, (q, k, v), useful, dense["median_ms"], baseline)
+        rows += run("random 0.13", plan, operands, useful, dense["median_ms"], baseline)
     print("chunk mix", mixes)
     shape = dict(B=B, N=N, H=H, D=D)
     write_report(

@@ -125,10 +125,21 @@ def svg2_problem(key):
     return (qs, ks, vs), tiles, float(useful) * 4 * D
 
 
-def random_problem(key, density):
+def gaussian_qkv(key):
+    return tuple(jax.random.normal(kk, (B, N, H, D), jnp.bfloat16) for kk in jax.random.split(key, 3))
+
+
+def random_problem(key):
+    """Gaussian q, k, v and random 300 x 1000 cluster maps at density 0.13: ``(operands, plan, useful
+    FLOPs)``, as :func:`svg2_problem` returns them."""
+    return (gaussian_qkv(key), *random_plan(key, 0.13))
+
+
+def random_plan(key, density):
+    """Random 300 x 1000 cluster maps of this density and their chunk plan: ``(plan, useful FLOPs)``."""
     rng = np.random.default_rng(0)
     qs, kc = random_clusters(rng, B, H, N, 300), random_clusters(rng, B, H, N, 1000)
-    cmap = jax.random.bernoulli(key, density, (B, H, 300, 1000))
+    cmap = jax.random.bernoulli(jax.random.fold_in(key, 13), density, (B, H, 300, 1000))
     plan_fn = functools.partial(cluster_tile_plan, num_q=N, num_k=N, block_q=128, block_k=64, row_align=8)
     tiles = jax.jit(plan_fn)(qs, kc, cmap)  # full width: random maps overflow the narrow lists
     useful = jnp.sum(qs[..., :, None] * kc[..., None, :] * cmap, dtype=jnp.float32)
@@ -166,9 +177,9 @@ def main(argv=None) -> int:
             args.rounds,
             args.steps,
         )
-    q, k, v = (jax.random.normal(kk, (B, N, H, D), jnp.bfloat16) for kk in jax.random.split(key, 3))
+    q, k, v = gaussian_qkv(key)
     if "random" in args.only:
-        tiles, useful = random_problem(jax.random.fold_in(key, 13), 0.13)
+        tiles, useful = random_plan(key, 0.13)
         computed = float(tiles.computed_rows()) * 128 * 4 * D
         rows += ab(
             "random 0.13",
