@@ -136,11 +136,13 @@ def time_loop(fn: Callable, *args, calls: int = 20, rounds: int = 5) -> dict:
     return {"median_ms": statistics.median(samples), "min_ms": min(samples), "calls": calls, "rounds": rounds}
 
 
-def device_op_times(fn: Callable, *args, reps: int = 3, top: int = 25) -> dict:
+def device_op_times(fn: Callable, *args, reps: int = 3, top: int = 25, sources: bool = False) -> dict:
     """GPU kernel time per call, by kernel name, from a ``jax.profiler`` trace of ``reps`` calls.
 
     Returns ``{"total_ms": ..., "ops": [{"name", "ms", "count"}, ...]}`` (``top`` largest), where each
-    time is the sum over the trace divided by ``reps``. Needs the warm-up done by the caller.
+    time is the sum over the trace divided by ``reps``. Needs the warm-up done by the caller. With
+    ``sources`` (``fn`` jitted), each XLA fusion's op also gets ``"source"``: the project lines it runs
+    (:func:`kernel_sources`).
     """
     jax.block_until_ready(fn(*args))
     with tempfile.TemporaryDirectory() as log_dir:
@@ -160,4 +162,62 @@ def device_op_times(fn: Callable, *args, reps: int = 3, top: int = 25) -> dict:
         ({"name": k[:160], "ms": sum(v) / reps / 1e3, "count": len(v) / reps} for k, v in per_op.items()),
         key=lambda r: -r["ms"],
     )
+    if sources:
+        where = kernel_sources(fn.lower(*args).compile().as_text())
+        for op in ops[:top]:
+            if where.get(op["name"]):
+                op["source"] = where[op["name"]]
     return {"total_ms": sum(r["ms"] for r in ops), "ops": ops[:top], "processes": sorted(names.values())}
+
+
+def kernel_sources(hlo_text: str, roots: tuple[str, ...] = ("svg_jax", "pallas_kernels"), top: int = 3):
+    """``{fusion name: ["file:line", ...]}``: the project source lines (under ``roots``) of the ops each
+    fusion of a compiled module holds, most ops first (``top``). The names are the GPU kernels' names in
+    a profile, so :func:`device_op_times` can say where each XLA kernel comes from.
+
+    ``hlo_text`` is ``jitted.lower(*args).compile().as_text()``: its instructions carry a
+    ``stack_frame_id`` into the module's ``FileNames`` / ``FileLocations`` / ``StackFrames`` tables."""
+    import re
+    from collections import Counter
+
+    tables: dict[str, dict[int, str]] = {}
+    section = None
+    for line in hlo_text.splitlines():
+        if line in ("FileNames", "FunctionNames", "FileLocations", "StackFrames"):
+            section = line
+            tables[section] = {}
+        elif section and (m := re.match(r"(\d+) (.*)", line)):
+            tables[section][int(m[1])] = m[2]
+        elif section and not line.strip():
+            section = None
+    field = lambda s, key: int(re.search(rf"{key}=(\d+)", s)[1])
+
+    def project_line(frame: int) -> str | None:
+        """The innermost frame of the chain in a project file, as ``root/…/file.py:line``."""
+        seen = set()
+        while frame in tables.get("StackFrames", {}) and frame not in seen:
+            seen.add(frame)
+            entry = tables["StackFrames"][frame]
+            loc = tables["FileLocations"][field(entry, "file_location_id")]
+            path = tables["FileNames"][field(loc, "file_name_id")].strip('"')
+            parts = path.split(os.sep)
+            hits = [i for i, p in enumerate(parts) if p in roots]
+            if hits:
+                return f"{'/'.join(parts[hits[-1]:])}:{field(loc, 'line')}"
+            frame = field(entry, "parent_frame_id")
+        return None
+
+    per_comp: dict[str, Counter] = {}
+    calls: dict[str, str] = {}
+    comp = None
+    for line in hlo_text.splitlines():
+        if m := re.match(r"(?:ENTRY )?%(\S+) .*\{$", line):
+            comp = m[1]
+            per_comp.setdefault(comp, Counter())
+        elif comp and (m := re.search(r"stack_frame_id=(\d+)", line)):
+            if (src := project_line(int(m[1]))) is not None:
+                per_comp[comp][src] += 1
+        if (m := re.match(r"\s*(?:ROOT )?%(\S+) = .* fusion\(.*calls=%([\w.\-]+)", line)) is not None:
+            calls[m[1]] = m[2]
+    kernel = lambda name: re.sub(r"[.\-]", "_", name)  # how the GPU profile spells a fusion's name
+    return {kernel(n): [s for s, _ in per_comp.get(c, Counter()).most_common(top)] for n, c in calls.items()}

@@ -22,9 +22,15 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import device_info, print_table, time_loop, write_json  # noqa: E402
 
 from svg_jax.pallas_kernels import kmeans_assign  # noqa: E402
-from svg_jax.pallas_kernels.kmeans_mosaic import kmeans_assign_mosaic  # noqa: E402
+from svg_jax.pallas_kernels.kmeans_mosaic import default_block_k, kmeans_assign_mosaic  # noqa: E402
 
-CONFIGS = ((128, 2), (128, 3), (128, 4), (64, 4))  # (block_k, num_stages); the first is the default
+CONFIGS = (
+    (None, 2),
+    (128, 2),
+    (128, 3),
+    (128, 4),
+    (64, 4),
+)  # (block_k, num_stages); the first is the default
 
 
 def main(argv=None) -> int:
@@ -62,7 +68,12 @@ def main(argv=None) -> int:
             print_table(rows[-1:], ["k", "layout", "impl", "median_ms", "tflops", "label_agreement"])
             for block_k, stages in configs:
                 fn = jax.jit(functools.partial(kmeans_assign_mosaic, block_k=block_k, num_stages=stages))
-                row = {"k": k, "layout": layout, "impl": f"mosaic bk{block_k} s{stages}"}
+                bk = block_k or default_block_k(d, k)
+                row = {
+                    "k": k,
+                    "layout": layout,
+                    "impl": f"mosaic bk{bk} s{stages}" + ("" if block_k else " (default)"),
+                }
                 try:
                     t = time_loop(fn, xs, c)
                     labels, dist = fn(xs, c)

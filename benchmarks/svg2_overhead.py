@@ -112,11 +112,12 @@ def main(argv=None) -> int:
     rows = {}
     for name, fn in fns.items():
         med = statistics.median(t["median_ms"] for t in timings[name])
-        prof = device_op_times(fn, q, k, cache, plan)
+        prof = device_op_times(fn, q, k, cache, plan, top=40, sources=True)
         rows[name] = {"median_ms": med, "samples_ms": [t["median_ms"] for t in timings[name]], **prof}
         print(f"{name:<12} {med:8.3f} ms (loop)  {prof['total_ms']:8.3f} ms (kernels)")
-        for op in prof["ops"][:15]:
-            print(f"    {op['ms']:8.3f} ms  x{op['count']:<5g} {op['name'][:100]}")
+        for op in prof["ops"][:30]:
+            where = " ".join(op.get("source", []))
+            print(f"    {op['ms']:8.3f} ms  x{op['count']:<5g} {op['name'][:60]:<60} {where}")
     call = rows["svg2_attention_warm"]
     is_attention = lambda name: "sparse_flash" in name or "cluster_sparse" in name
     kernel_ms = sum(op["ms"] for op in call["ops"] if is_attention(op["name"]))

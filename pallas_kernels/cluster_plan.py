@@ -21,13 +21,14 @@ are masked like the rows past its end. A chunk's code packs ``uniform + 2·valid
 SPAN_UNIT·span``: columns ``lead <= c < valid`` belong to the run, and its rows ``0..valid-1`` lie in key
 clusters ``chunk_kfirst .. chunk_kfirst + span`` (``span`` saturates at ``MAX_SPAN``).
 
-Each run is described at its first key cluster (its *head*): a reverse running minimum finds where it ends
-(its end row is a gather there; whether a chunk is uniform, a prefix sum of mixed clusters), and chunk
-slot ``c`` of a tile belongs to the last head whose first chunk is at or before ``c``, so no list of runs
-is ever compacted. The chunk lists have a static width. Their bound (:func:`max_chunks`) allows one run
-for every other key cluster, so the lists are far wider than a sparse layout needs, and building them
-costs time in proportion to the width. So a plan may be built narrower (``width``). It then runs only when
-every tile fits, and is otherwise rebuilt at full width (:func:`with_complete_plan`).
+Each run is described at its first key cluster (its *head*): a reverse running minimum of the run end rows
+gives its end row, one running sum both its first chunk slot and the mixed clusters before it (whether a
+chunk is uniform is a difference of those counts), and chunk slot ``c`` of a tile belongs to the last head
+whose first chunk is at or before ``c``, so no list of runs is ever compacted. The chunk lists have a
+static width. Their bound (:func:`max_chunks`) allows one run for every other key cluster, so the lists are
+far wider than a sparse layout needs, and building them costs time in proportion to the width. So a plan
+may be built narrower (``width``). It then runs only when every tile fits, and is otherwise rebuilt at full
+width (:func:`with_complete_plan`).
 """
 
 import dataclasses
@@ -134,6 +135,7 @@ def default_width(num_k: int, num_k_clusters: int, block_k: int, row_align: int)
 LEAD_UNIT = 1 << 10  # chunk code = uniform + 2·valid + LEAD_UNIT·lead + SPAN_UNIT·span (valid <= 256 < 512)
 SPAN_UNIT = 1 << 20  # lead < block_k <= 256 < 1024
 MAX_SPAN = 255
+PACKED_SCAN_BITS = 31  # chunk ends and mixed counts share one int32 running sum when both fit this many bits
 
 
 def decode_chunk(code):
@@ -211,19 +213,26 @@ def _plan(
     )
     heads = union & ~sel_at(prev)  # [G, nqt, Ck]
     ends = union & ~sel_at(nxt)
-    k_end = jnp.cumsum(k_sizes, axis=-1, dtype=jnp.int32)[:, None, :]  # [G, 1, Ck]
-    k_start = k_end - k_sizes[:, None, :]
+    k_end = jnp.cumsum(k_sizes, axis=-1, dtype=jnp.int32)  # [G, Ck]
+    k_start = k_end - k_sizes
     idx = jnp.arange(ck, dtype=jnp.int32)
-    # The nearest run end at or after a head is its own run's end (runs do not interleave). One reverse
-    # running minimum finds it; the rest are gathers at it (a running min costs XLA several passes).
-    run_last = jax.lax.cummin(jnp.where(ends, idx, ck), axis=2, reverse=True)  # [G, nqt, Ck]
-    at_last = jnp.minimum(run_last, ck - 1)  # valid at heads
-    run_end_row = jnp.take_along_axis(jnp.broadcast_to(k_end, union.shape), at_last, axis=2)
-    mixed_before = _prefix(mixed, axis=2)  # [G, nqt, Ck+1]
-    row_lead = k_start % row_align  # the first chunk starts `lead` rows before the run
+    # The nearest run end at or after a head is its own run's end (runs do not interleave), and the end
+    # rows grow with the cluster, so one reverse running minimum of the end rows gives each head its run's.
+    no_end = jnp.int32(num_k + 1)
+    run_end_row = jax.lax.cummin(jnp.where(ends, k_end[:, None, :], no_end), axis=2, reverse=True)
+    row_lead = k_start % row_align  # [G, Ck] the first chunk starts `lead` rows before the run
     row_start = k_start - row_lead
-    n_chunks = jnp.where(heads, -(-(run_end_row - row_start) // block_k), 0)  # [G, nqt, Ck]
-    chunk_end = jnp.cumsum(n_chunks, axis=-1, dtype=jnp.int32)
+    n_chunks = jnp.where(heads, -(-(run_end_row - row_start[:, None, :]) // block_k), 0)  # [G, nqt, Ck]
+    # One running sum gives both the chunk ends and the mixed clusters before each cluster: the chunks in
+    # the high bits, the mixed count (at most Ck) in the low ones, when both fit 31 bits.
+    low = max(ck, 1).bit_length()
+    if max_chunks(num_k, ck, block_k, row_align) < 1 << max(PACKED_SCAN_BITS - low, 0):
+        both = jnp.cumsum((n_chunks << low) + mixed, axis=-1, dtype=jnp.int32)
+        chunk_end, mixed_upto = both >> low, both & ((1 << low) - 1)
+        mixed_before = jnp.pad(mixed_upto, ((0, 0), (0, 0), (1, 0)))  # [G, nqt, Ck+1]
+    else:
+        chunk_end = jnp.cumsum(n_chunks, axis=-1, dtype=jnp.int32)
+        mixed_before = _prefix(mixed, axis=2)
     chunk_begin = chunk_end - n_chunks
     counts = chunk_end[..., -1]  # [G, nqt]
 
@@ -231,14 +240,17 @@ def _plan(
     # is at or before c (heads' first chunks are distinct and ascending).
     gi, ti = jnp.arange(g)[:, None, None], jnp.arange(nqt)[None, :, None]
     slot = jnp.where(heads, chunk_begin, width)  # non-heads -> dropped
-    owner = jnp.zeros((g, nqt, width), jnp.int32).at[gi, ti, slot].set(idx + 1, mode="drop")
-    owner = jnp.maximum(jax.lax.cummax(owner, axis=2) - 1, 0)  # [G, nqt, C] head cluster of each chunk
-    of = lambda table: jnp.take_along_axis(jnp.broadcast_to(table, union.shape), owner, axis=2)
-    within = jnp.arange(width, dtype=jnp.int32)[None, None, :] - of(chunk_begin)
-    starts_row = of(row_start) + within * block_k
+    marks = jnp.zeros((g, nqt, width), jnp.int32).at[gi, ti, slot].set(idx + 1, mode="drop")
+    first_chunk = marks > 0  # a run's first chunk
+    owner = jnp.maximum(jax.lax.cummax(marks, axis=2) - 1, 0)  # [G, nqt, C] head cluster of each chunk
+    of = lambda table: jnp.take_along_axis(table, owner, axis=2)  # a [G, nqt, Ck] table at each owner
+    of_k = lambda table: jnp.take_along_axis(table, owner.reshape(g, -1), axis=1).reshape(owner.shape)
+    chunk = jnp.arange(width, dtype=jnp.int32)[None, None, :]
+    # Chunk c of a run starts (c − its first chunk)·block_k rows after the run's aligned start.
+    starts_row = of(row_start[:, None, :] - block_k * chunk_begin) + block_k * chunk
     valid = jnp.clip(of(run_end_row) - starts_row, 0, block_k)
-    lead = jnp.where(within == 0, of(row_lead), 0)
-    in_list = jnp.arange(width)[None, None, :] < counts[:, :, None]
+    lead = jnp.where(first_chunk, of_k(row_lead), 0)
+    in_list = chunk < counts[:, :, None]
     starts_row = jnp.where(in_list, starts_row, 0).astype(jnp.int32)
     label_at = lambda rows: jnp.take_along_axis(k_lab, rows.reshape(g, -1), axis=1).reshape(rows.shape)
     kfirst = label_at(starts_row)

@@ -91,11 +91,38 @@ def tile_words(plan: ClusterTilePlan) -> jax.Array:
     return words
 
 
-def chunk_words(plan: ClusterTilePlan) -> jax.Array:
+def chunk_words(plan: ClusterTilePlan, bitset: jax.Array | None = None) -> jax.Array:
     """``[B, H, nqt, width]`` int32: :func:`tile_words` at each chunk's first key cluster, so the kernel
-    loads a chunk's packed word without first waiting for that cluster (one dependent load fewer)."""
-    words = tile_words(plan)
-    return jnp.take_along_axis(words, jnp.clip(plan.chunk_kfirst, 0, words.shape[-1] - 1), axis=3)
+    loads a chunk's packed word without first waiting for that cluster (one dependent load fewer).
+
+    Built per chunk from the map's bit rows (:func:`map_bitset`, passed as ``bitset`` when the caller has
+    it): for each of the tile's ``FAST_Q`` first query clusters, the ``FAST_K`` bits from the chunk's first
+    key cluster on, spread to every ``FAST_Q``-th bit. No ``[nqt, Ck]`` table of every tile's words."""
+    if bitset is None:
+        bitset = map_bitset(plan.cluster_map)  # [B, H, Cq+1, W]
+    b, h = plan.chunk_kfirst.shape[:2]
+    cq1, ck1 = plan.cluster_map.shape[2:]
+    words_per_row = bitset.shape[-1]
+    flat = lax.bitcast_convert_type(bitset, jnp.uint32).reshape(b, h, -1)  # [B, H, (Cq+1)·W]
+    lo = plan.q_labels[:, :, :: plan.block_q, None]  # [B, H, nqt, 1] the tile's first query cluster
+    j = jnp.clip(plan.chunk_kfirst, 0, ck1 - 1)  # [B, H, nqt, C]
+    word, shift = j // 32, (j % 32).astype(jnp.uint32)
+    take = lambda at: jnp.take_along_axis(flat, at.reshape(b, h, -1), axis=2).reshape(at.shape)
+    packed = jnp.zeros(j.shape, jnp.uint32)
+    for s in range(FAST_Q):
+        at = jnp.minimum(lo + s, cq1 - 1) * words_per_row + word  # the sentinel row (all 0) past the last
+        low, high = take(at), take(at + 1)  # map_bitset keeps a zero word past each row's end
+        x = (low >> shift) | jnp.where(shift > 0, high << ((32 - shift) % 32), 0)  # bits j, j+1, … at 0, 1, …
+        packed = packed | (_spread_bits(x & ((1 << FAST_K) - 1)) << s)
+    return lax.bitcast_convert_type(packed, jnp.int32)
+
+
+def _spread_bits(x: jax.Array) -> jax.Array:
+    """uint32 with bit ``i`` of ``x`` (``i < 8``) moved to bit ``4·i`` (``FAST_Q``, ``FAST_K`` = 4, 8)."""
+    assert (FAST_Q, FAST_K) == (4, 8), "the bit spread is written for 8 key clusters of 4 query clusters"
+    x = (x | (x << 12)) & 0x000F000F  # bits 0-3 stay, 4-7 go to 16-19
+    x = (x | (x << 6)) & 0x03030303  # pairs to bytes
+    return (x | (x << 3)) & 0x11111111  # single bits, four apart
 
 
 def map_bitset(cluster_map: jax.Array) -> jax.Array:
@@ -309,6 +336,7 @@ def cluster_sparse_attention_mosaic(
     mk_pad = -(-mk // ROW_ALIGN) * ROW_ALIGN  # TMA wants whole 8-row tiles in the global array too
     kp, vp = pad_axis(k, 1, mk_pad), pad_axis(v, 1, mk_pad)
     ck = plan.cluster_map.shape[3] - 1  # the sentinel key cluster
+    bitset = map_bitset(plan.cluster_map)
     tables = (
         plan.chunk_starts,
         plan.chunk_codes,
@@ -316,8 +344,8 @@ def cluster_sparse_attention_mosaic(
         plan.chunk_kfirst,
         plan.q_labels,  # rows of nqt·128: vector loads stay aligned
         jnp.pad(plan.k_labels, ((0, 0), (0, 0), (0, mk_pad - mk)), constant_values=ck),  # aligned rows too
-        map_bitset(plan.cluster_map),
-        chunk_words(plan),
+        bitset,
+        chunk_words(plan, bitset),
     )
 
     def key_row(tables, at, j):  # a multiple of ROW_ALIGN the compiler can see (TMA into 8-row tiles)
@@ -357,21 +385,21 @@ def masked_first(plan: ClusterTilePlan) -> tuple[ClusterTilePlan, jax.Array]:
     """The plan with each tile's chunks that take a mask moved to the front of its list (in order, then the
     rest in order), and ``[B, H, nqt]`` how many there are: the engine walks those with the mask and the
     rest without its code (``masked_counts`` of :func:`.mosaic_flash.sparse_flash_mosaic`). Same chunks, so
-    the same attention up to the order of the online softmax's sums. One scatter, no sort."""
+    the same attention up to the order of the online softmax's sums. No sort: one running count gives each
+    chunk its new slot, one scatter of slot numbers the inverse, and each field is gathered through it."""
     masked = needs_mask(plan)
-    width = masked.shape[-1]
-    slot = jnp.arange(width, dtype=jnp.int32)
+    slot = jnp.arange(masked.shape[-1], dtype=jnp.int32)
     listed = slot < plan.chunk_counts[..., None]
-    n_masked = jnp.sum(masked, axis=-1, dtype=jnp.int32)
-    plain = listed & ~masked
-    to = jnp.where(
-        masked,
-        jnp.cumsum(masked, axis=-1, dtype=jnp.int32) - 1,
-        jnp.where(plain, n_masked[..., None] + jnp.cumsum(plain, axis=-1, dtype=jnp.int32) - 1, slot),
-    )  # a permutation of each list's slots: listed chunks fill the first count, the tail stays
-    move = lambda x: jnp.put_along_axis(x, to, x, axis=-1, inplace=False)
+    before = jnp.cumsum(masked, axis=-1, dtype=jnp.int32)  # masked chunks up to and including each slot
+    n_masked = before[..., -1]
+    # A masked chunk goes to its rank among the masked ones; any other listed chunk (all the slots before
+    # it are listed) after the masked ones, at its rank among the rest; the tail stays.
+    to = jnp.where(masked, before - 1, jnp.where(listed, n_masked[..., None] + slot - before, slot))
+    slots = jnp.broadcast_to(slot, to.shape)
+    src = jnp.put_along_axis(slots, to, slots, axis=-1, inplace=False)  # the chunk each slot now holds
     fields = ("chunk_starts", "chunk_codes", "chunk_kfirst")
-    return dataclasses.replace(plan, **{f: move(getattr(plan, f)) for f in fields}), n_masked
+    moved = {f: jnp.take_along_axis(getattr(plan, f), src, axis=-1) for f in fields}
+    return dataclasses.replace(plan, **moved), n_masked
 
 
 def tile_cost(plan: ClusterTilePlan, mask_weight: float) -> jax.Array:

@@ -49,15 +49,26 @@ def kmeans_mosaic_supports(x: jax.Array) -> bool:
     return x.dtype in MOSAIC_DTYPES and x.shape[-1] % 64 == 0 and x.shape[-1] <= 256
 
 
+def cc_slot(block_k: int) -> int:
+    """Floats per ``‖c‖²`` ring slot: ``block_k`` rounded up to whole 128-byte lines (TMA alignment)."""
+    return -(-block_k // 32) * 32
+
+
 def ring_fit(d: int, block_k: int, itemsize: int = 2) -> int:
     """How many centroid ring slots fit in shared memory beside the four 64-row buffers of ``x``."""
     x_bytes = 4 * WG_ROWS * d * itemsize
-    return (SMEM_BUDGET - x_bytes) // (block_k * d * itemsize + block_k * 4)
+    return (SMEM_BUDGET - x_bytes) // (block_k * d * itemsize + cc_slot(block_k) * 4)
 
 
-def default_block_k(d: int) -> int:
-    """128 centroids per tile where a two-slot ring fits (D ≤ 192), else 64."""
-    return 128 if ring_fit(d, 128) >= 2 else 64
+def default_block_k(d: int, k: int | None = None) -> int:
+    """Centroids per tile: at most 128 where a two-slot ring fits (D ≤ 192), else at most 64; given the
+    centroid count ``k``, the fewest tiles of that size, shrunk (in multiples of 8, the wgmma's N step) to
+    share ``k`` evenly: 300 centroids take 3 tiles of 104 (312 columns), not 3 of 128 (384)."""
+    cap = 128 if ring_fit(d, 128) >= 2 else 64
+    if k is None:
+        return cap
+    tiles = -(-k // cap)
+    return -(-k // (8 * tiles)) * 8
 
 
 def ring_stages(d: int, block_k: int, num_stages: int, itemsize: int = 2) -> int:
@@ -152,7 +163,7 @@ def _kernel(x_ref, c_ref, cc_ref, label_ref, dist_ref, scoped, *, n_rt, num_k_bl
                 slot = ring(t)
                 plgpu.barrier_wait(c_ready.at[slot])
                 plgpu.barrier_wait(cc_ready.at[slot])
-                cc = plgpu.load(cc_smem.at[slot], (), layout=COL, optimized=False)
+                cc = plgpu.load(cc_smem.at[slot, pl.ds(0, block_k)], (), layout=COL, optimized=False)
                 # The accumulator starts at ‖x‖² + ‖c‖² and the centroids come as −2·c (exact in bf16 and
                 # f16), so the matrix multiply leaves the squared distances.
                 bias = lax.broadcast_in_dim(cc, s0.shape, [1]) + lax.broadcast_in_dim(xx, s0.shape, [0])
@@ -196,7 +207,9 @@ def _kernel(x_ref, c_ref, cc_ref, label_ref, dist_ref, scoped, *, n_rt, num_k_bl
 
                 rows = pl.ds(j * block_k, block_k)
                 plgpu.copy_gmem_to_smem(c_ref.at[g, rows], c_smem.at[slot], c_ready.at[slot])
-                plgpu.copy_gmem_to_smem(cc_ref.at[g, rows], cc_smem.at[slot], cc_ready.at[slot])
+                plgpu.copy_gmem_to_smem(
+                    cc_ref.at[g, rows], cc_smem.at[slot, pl.ds(0, block_k)], cc_ready.at[slot]
+                )
 
             return base + kb
 
@@ -218,19 +231,19 @@ def kmeans_assign_mosaic(
     """``(labels, min_dist)`` of every row, ``[G, N]`` with ``G = B·H`` for token-major ``x``; see
     :func:`kmeans_assign` (which validates the inputs).
 
-    ``block_k`` (64 or 128; default :func:`default_block_k`) centroids per tile, ``num_stages`` ring slots
-    (capped by shared memory; 2 measured 3–9% faster than 3 or 4 on the H200), ``num_programs`` persistent
-    CTAs (default one per SM): they change speed, never the labels. GPU only: Mosaic GPU's simulator cannot
-    run the accumulator-initialised wgmma (``run_state``).
+    ``block_k`` (a multiple of 8 up to 128; default :func:`default_block_k`) centroids per tile,
+    ``num_stages`` ring slots (capped by shared memory; 2 measured 3–9% faster than 3 or 4 on the H200),
+    ``num_programs`` persistent CTAs (default one per SM): they change speed, never the labels. GPU only:
+    Mosaic GPU's simulator cannot run the accumulator-initialised wgmma (``run_state``).
     """
     if not kmeans_mosaic_supports(x):
         raise ValueError(
             "implementation='pallas_mosaic' needs bf16/f16 rows with a head dim that is a multiple of 64 "
             f"(at most 256); got {x.dtype} with D={x.shape[-1]}: use implementation='pallas_triton'"
         )
-    block_k = block_k or default_block_k(x.shape[-1])
-    if block_k not in (64, 128):
-        raise ValueError(f"block_k must be 64 or 128 (one wgmma N tile); got {block_k}")
+    block_k = block_k or default_block_k(x.shape[-1], centroids.shape[1])
+    if isinstance(block_k, bool) or not isinstance(block_k, int) or not 8 <= block_k <= 128 or block_k % 8:
+        raise ValueError(f"block_k must be a multiple of 8 in [8, 128] (one wgmma N tile); got {block_k!r}")
     n, d = x.shape[1], x.shape[-1]
     g, k = centroids.shape[0], centroids.shape[1]
     if x.ndim == 4 and x.shape[0] * x.shape[2] != g:
@@ -264,7 +277,7 @@ def kmeans_assign_mosaic(
             (
                 plgpu.SMEM((4, WG_ROWS, d), x.dtype, transforms=tiles),  # [item parity · 2 + warpgroup]
                 plgpu.SMEM((stages, block_k, d), x.dtype, transforms=tiles),
-                plgpu.SMEM((stages, block_k), jnp.float32),
+                plgpu.SMEM((stages, cc_slot(block_k)), jnp.float32),
                 plgpu.SMEM((2, WG_ROWS), jnp.int32),
                 plgpu.SMEM((2, WG_ROWS), jnp.float32),
             ),  # labels and distances per warpgroup

@@ -27,6 +27,8 @@ from svg_jax.pallas_kernels.kmeans import group_shape
 
 log = logging.getLogger(__name__)
 
+SORT16_KEYS = 2**16  # up to this many keys (groups·clusters) sort as uint16: labels lie in [0, clusters)
+
 
 class KMeansResult(NamedTuple):
     """Outcome of :func:`kmeans` (a pytree).
@@ -94,7 +96,9 @@ def sort_by_cluster(
     Group ``g``'s keys are offset by ``g·num_clusters``, so a single stable 1-D sort of every group's rows
     (a device-wide radix sort on GPU) lays the groups out one after another; subtracting each group's
     start gives the per-group order. The sorted keys come out of the same sort, so the sorted labels cost
-    no gather. Identical to the batched argsort, which sorts each group apart.
+    no gather. Identical to the batched argsort, which sorts each group apart. The keys are 16-bit when
+    ``groups·num_clusters`` fits (``SORT16_KEYS``: 40 heads × 1000 clusters do), which halves the radix
+    sort's passes, else 32-bit.
     """
     *lead, n = labels.shape
     g = math.prod(lead)
@@ -102,12 +106,13 @@ def sort_by_cluster(
         raise ValueError(
             f"cluster_order needs groups·num_clusters < 2**31 for int32 keys; got {g}·{num_clusters}"
         )
+    key_dtype = jnp.uint16 if g * num_clusters <= SORT16_KEYS else jnp.int32
     base = jnp.arange(g, dtype=jnp.int32)[:, None]
     keys = (labels.reshape(g, n).astype(jnp.int32) + num_clusters * base).reshape(-1)  # [G·N]
     iota = jnp.arange(g * n, dtype=jnp.int32)
-    sorted_keys, order = jax.lax.sort((keys, iota), num_keys=1, is_stable=True)
+    sorted_keys, order = jax.lax.sort((keys.astype(key_dtype), iota), num_keys=1, is_stable=True)
     order = order.reshape(g, n) - n * base
-    sorted_labels = sorted_keys.reshape(g, n) - num_clusters * base
+    sorted_labels = sorted_keys.astype(jnp.int32).reshape(g, n) - num_clusters * base
     return order.reshape(labels.shape), sorted_labels.reshape(labels.shape)
 
 

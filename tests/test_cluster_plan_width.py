@@ -88,3 +88,22 @@ def test_gpu_mosaic_kernel_runs_a_narrow_plan_complete(fits):
     out = jax.jit(run)(q, k, v, plan)
     ref = jax.jit(cluster_sparse_attention_reference)(q, k, v, qs, ks, cmap)
     assert_close(out, ref, jnp.bfloat16)
+
+
+@pytest.mark.parametrize("seed, ck, zero", [(5, 25, 0.2), (6, 70, 0.5), (7, 3, 0.0)])
+def test_packed_running_sum_is_the_two_running_sums(seed, ck, zero, monkeypatch):
+    """The plan's one running sum of chunk ends and mixed counts packed in an int32 gives the plan of the
+    two separate running sums it replaces (taken when the packing would not fit)."""
+    import svg_jax.pallas_kernels.cluster_plan as cluster_plan
+
+    qs, ks, cmap = random_problem(seed, 1, 300, 280, 2, 8, ck, 0.5, zero_frac=zero)
+    opts = dict(num_q=300, num_k=280, block_q=32, block_k=16, row_align=8)
+    build = lambda *a: cluster_plan.cluster_tile_plan(*a, **opts)  # eager: the patched constant takes effect
+    # Running sums along the key clusters, from a fresh trace (a new function each time: no cache).
+    scans = lambda: str(jax.make_jaxpr(lambda *a: build(*a))(qs, ks, cmap)).count("cumsum[axis=2")
+    packed, packed_scans = build(qs, ks, cmap), scans()
+    monkeypatch.setattr(cluster_plan, "PACKED_SCAN_BITS", 0)
+    apart, apart_scans = build(qs, ks, cmap), scans()
+    assert apart_scans == packed_scans + 1  # the other branch did run
+    for name, x in vars(packed).items():
+        np.testing.assert_array_equal(getattr(apart, name), x, err_msg=name)

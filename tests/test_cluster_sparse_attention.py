@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from kernel_utils import (
     REL_TOL,
@@ -511,3 +511,20 @@ def test_mask_passes_give_the_exact_mask(n, m, cq, ck, density):
     wrong_wg, unmasked_wg = emulated_mask_errors(plan, per_warpgroup=True)
     assert (wrong, wrong_wg) == (0, 0)
     assert unmasked_wg > unmasked if n // cq > 64 else unmasked_wg >= unmasked
+
+
+@settings(max_examples=10)
+@given(
+    seed=st.integers(0, 2**16), cq=st.integers(1, 12), ck=st.integers(1, 70), zero=st.sampled_from([0.0, 0.3])
+)
+def test_chunk_words_are_the_tile_words_at_each_chunk(seed, cq, ck, zero):
+    """The per-chunk words built from the map's bit rows equal :func:`tile_words` gathered at every slot's
+    first key cluster (listed or not), across word boundaries, empty clusters and the sentinels."""
+    from svg_jax.pallas_kernels.cluster_sparse_attn_mosaic import chunk_words, tile_words
+
+    n, m = 300, 260
+    qs, ks, cmap = random_problem(seed, 1, n, m, 2, cq, ck, 0.5, zero_frac=zero)
+    plan = cluster_tile_plan(qs, ks, cmap, num_q=n, num_k=m, block_q=128, block_k=64, row_align=8)
+    words = np.asarray(tile_words(plan))
+    j = np.clip(np.asarray(plan.chunk_kfirst), 0, words.shape[-1] - 1)
+    np.testing.assert_array_equal(np.asarray(chunk_words(plan)), np.take_along_axis(words, j, axis=3))

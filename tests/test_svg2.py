@@ -1,6 +1,7 @@
 """SVG2: config, cache, top-p selection, text clusters, and the whole pipeline against a dense oracle."""
 
 import dataclasses
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -150,14 +151,18 @@ def test_text_cluster_map():
     n=st.integers(1, 200),
     k=st.integers(1, 40),
     seed=st.integers(0, 2**16),
+    keys16=st.booleans(),
 )
-def test_cluster_order_is_the_stable_argsort(lead, n, k, seed):
-    """One flat sort over all groups = the per-group stable argsort (empty clusters, one row, one label)."""
+def test_cluster_order_is_the_stable_argsort(lead, n, k, seed, keys16):
+    """One flat sort over all groups = the per-group stable argsort (empty clusters, one row, one label),
+    with 16-bit keys (up to ``SORT16_KEYS`` keys) and 32-bit ones."""
     labels = jax.random.randint(jax.random.key(seed), (*lead, n), 0, k, jnp.int32)
     if seed % 3 == 0:
         labels = jnp.minimum(labels, 1)  # long runs of equal labels: stability decides everything
     want = jnp.argsort(labels, axis=-1, stable=True)
-    got = cluster_order(labels, k)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sys.modules[cluster_order.__module__], "SORT16_KEYS", 2**16 if keys16 else 0)
+        got = cluster_order(labels, k)
     assert got.dtype == jnp.int32 and got.shape == labels.shape
     np.testing.assert_array_equal(got, want)
 
