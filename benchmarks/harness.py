@@ -6,11 +6,13 @@ import glob
 import gzip
 import json
 import os
+import re
 import statistics
 import sys
 import tempfile
 import time
 import traceback
+from collections import Counter
 from collections.abc import Callable
 
 import jax
@@ -123,6 +125,7 @@ def time_loop(fn: Callable, *args, calls: int = 20, rounds: int = 5) -> dict:
     """Per-call device time in ms with dispatch hidden: ``calls`` back-to-back calls, then one sync;
     the median over ``rounds`` (after one warm-up round). Use for calls of a few ms, where a sync per
     call would add host latency to every sample."""
+
     def one_round() -> float:
         t0 = time.perf_counter()
         out = None
@@ -177,9 +180,6 @@ def kernel_sources(hlo_text: str, roots: tuple[str, ...] = ("svg_jax", "pallas_k
 
     ``hlo_text`` is ``jitted.lower(*args).compile().as_text()``: its instructions carry a
     ``stack_frame_id`` into the module's ``FileNames`` / ``FileLocations`` / ``StackFrames`` tables."""
-    import re
-    from collections import Counter
-
     tables: dict[str, dict[int, str]] = {}
     section = None
     for line in hlo_text.splitlines():
@@ -203,7 +203,7 @@ def kernel_sources(hlo_text: str, roots: tuple[str, ...] = ("svg_jax", "pallas_k
             parts = path.split(os.sep)
             hits = [i for i, p in enumerate(parts) if p in roots]
             if hits:
-                return f"{'/'.join(parts[hits[-1]:])}:{field(loc, 'line')}"
+                return f"{'/'.join(parts[hits[-1] :])}:{field(loc, 'line')}"
             frame = field(entry, "parent_frame_id")
         return None
 

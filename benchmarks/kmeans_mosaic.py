@@ -24,13 +24,8 @@ from harness import device_info, print_table, time_loop, write_json  # noqa: E40
 from svg_jax.pallas_kernels import kmeans_assign  # noqa: E402
 from svg_jax.pallas_kernels.kmeans_mosaic import default_block_k, kmeans_assign_mosaic  # noqa: E402
 
-CONFIGS = (
-    (None, 2),
-    (128, 2),
-    (128, 3),
-    (128, 4),
-    (64, 4),
-)  # (block_k, num_stages); the first is the default
+# (block_k, num_stages); the first is the default (None: default_block_k, which shares K evenly)
+CONFIGS = ((None, 2), (128, 2), (128, 3), (128, 4), (64, 4))
 
 
 def main(argv=None) -> int:
