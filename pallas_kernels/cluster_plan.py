@@ -244,15 +244,16 @@ def _plan(
     first_chunk = marks > 0  # a run's first chunk
     owner = jnp.maximum(jax.lax.cummax(marks, axis=2) - 1, 0)  # [G, nqt, C] head cluster of each chunk
     of = lambda table: jnp.take_along_axis(table, owner, axis=2)  # a [G, nqt, Ck] table at each owner
-    of_k = lambda table: jnp.take_along_axis(table, owner.reshape(g, -1), axis=1).reshape(owner.shape)
+    # A [G, X] table at an index array of any shape per group.
+    per_group = lambda table, at: jnp.take_along_axis(table, at.reshape(g, -1), axis=1).reshape(at.shape)
     chunk = jnp.arange(width, dtype=jnp.int32)[None, None, :]
     # Chunk c of a run starts (c − its first chunk)·block_k rows after the run's aligned start.
     starts_row = of(row_start[:, None, :] - block_k * chunk_begin) + block_k * chunk
     valid = jnp.clip(of(run_end_row) - starts_row, 0, block_k)
-    lead = jnp.where(first_chunk, of_k(row_lead), 0)
+    lead = jnp.where(first_chunk, per_group(row_lead, owner), 0)
     in_list = chunk < counts[:, :, None]
     starts_row = jnp.where(in_list, starts_row, 0).astype(jnp.int32)
-    label_at = lambda rows: jnp.take_along_axis(k_lab, rows.reshape(g, -1), axis=1).reshape(rows.shape)
+    label_at = lambda rows: per_group(k_lab, rows)
     kfirst = label_at(starts_row)
     klast = label_at(starts_row + jnp.maximum(valid, 1) - 1)
     span = jnp.minimum(klast - kfirst, MAX_SPAN)
