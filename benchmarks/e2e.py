@@ -11,8 +11,9 @@ For each model (Wan2.1-T2V-14B at 720p × 81 frames: 75,600 tokens, 40 layers ×
   between the callbacks of steps ``i-1`` and ``i``, so compilation and SVG2's cold k-means (step 0) are
   excluded; the median over the remaining steps is reported;
 * settings: ``dense`` (cuDNN), ``svg1`` / ``svg2`` with the official preset, and fixed densities 0.3 and
-  0.13 for a speed curve (SVG1 ``density``; SVG2 with ``top_p`` → 0 and ``min_k_cluster_ratio`` = the
-  density, so every query cluster keeps that share of the key clusters);
+  0.13 for a speed curve (SVG1 ``density``; SVG2 with ``top_p`` → 0 and ``min_k_token_ratio`` = the
+  density, so every query cluster keeps its most probable key clusters until they hold that share of the
+  keys: the measured density lands just above it);
 * the projected 50-step time = preset dense steps × dense step + the rest × sparse step;
 * the attention share: one dense forward against the same forward with attention replaced by a no-op.
 
@@ -117,7 +118,9 @@ def settings(preset: presets.GenerationPreset) -> dict[str, AttentionConfig]:
         )
         out[f"svg2 d={d}"] = AttentionConfig(
             method="svg2",
-            svg2=dataclasses.replace(svg2, top_p=1e-6, min_k_cluster_ratio=d, dense_steps=0),
+            svg2=dataclasses.replace(
+                svg2, top_p=1e-6, min_k_cluster_ratio=0.0, min_k_token_ratio=d, dense_steps=0
+            ),
         )
     return out
 

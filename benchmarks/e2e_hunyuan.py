@@ -66,7 +66,8 @@ def settings(dense_layers: int | None = None) -> dict[str, AttentionConfig]:
     for d in FIXED_DENSITIES:
         out[f"svg1 d={d}"] = AttentionConfig(method="svg1", svg1=dataclasses.replace(s1, density=d))
         out[f"svg2 d={d}"] = AttentionConfig(
-            method="svg2", svg2=dataclasses.replace(s2, top_p=1e-6, min_k_cluster_ratio=d)
+            method="svg2",
+            svg2=dataclasses.replace(s2, top_p=1e-6, min_k_cluster_ratio=0.0, min_k_token_ratio=d),
         )
     return out
 

@@ -1,4 +1,4 @@
-"""What ptxas says about each Mosaic attention kernel variant: registers, spills, wgmma serialization.
+"""What ptxas says about each Mosaic kernel variant (attention, k-means): registers, spills, serialization.
 
     python benchmarks/ptxas_report.py --out benchmarks/results/ptxas_h200.json
 
@@ -34,6 +34,10 @@ VARIANTS = {
     "cluster, ping-pong": ("cluster", dict(overlap=False)),
     "cluster, overlap": ("cluster", dict(overlap=True)),
     "cluster, tile-wide mask": ("cluster", dict(per_warpgroup_mask=False)),
+    "kmeans K=300": ("kmeans", dict(k=300)),
+    "kmeans K=1000": ("kmeans", dict(k=1000)),
+    "kmeans K=300, 256-row items": ("kmeans", dict(k=300, row_blocks=2)),
+    "kmeans K=1000, 256-row items": ("kmeans", dict(k=1000, row_blocks=2)),
 }
 
 COMPILE = """
@@ -42,11 +46,15 @@ import jax, jax.numpy as jnp
 from svg_jax.pallas_kernels import cluster_tile_plan
 from svg_jax.pallas_kernels.block_sparse_attn_mosaic import block_sparse_attention_mosaic
 from svg_jax.pallas_kernels.cluster_sparse_attn_mosaic import cluster_sparse_attention_mosaic
+from svg_jax.pallas_kernels.kmeans_mosaic import kmeans_assign_mosaic
 
 kind, opts = sys.argv[1], json.loads(sys.argv[2])
 b, h, n, d = 1, 2, 2048, 128
 q = jax.random.normal(jax.random.key(0), (b, n, h, d), jnp.bfloat16)
-if kind == "block":
+if kind == "kmeans":  # the default centroid tile for k centroids
+    c = jax.random.normal(jax.random.key(1), (b * h, opts.pop("k"), d), jnp.float32)
+    jax.block_until_ready(jax.jit(kmeans_assign_mosaic)(q, c, **opts))
+elif kind == "block":
     nkb = n // opts["block_k"]
     idx = jnp.tile(jnp.arange(nkb, dtype=jnp.int32), (b, h, n // 128, 1))
     cnt = jnp.full((b, h, n // 128), nkb, jnp.int32)
@@ -89,8 +97,9 @@ def report(name: str, kind: str, opts: dict) -> dict:
         logs = sorted(glob.glob(os.path.join(dump, "*.ptxas")))
         text = "\n".join(open(p, errors="replace").read() for p in logs)
     row = {"variant": name, "kind": kind, "options": opts, "ptxas_logs": len(logs), **parse_ptxas(text)}
-    if run.returncode:
-        row["error"] = run.stderr.strip().splitlines()[-1] if run.stderr.strip() else f"exit {run.returncode}"
+    if run.returncode:  # the exception's own line, not JAX's note on filtered frames
+        lines = run.stderr.strip().splitlines() or [f"exit {run.returncode}"]
+        row["error"] = next((ln for ln in reversed(lines) if "Error" in ln), lines[-1])
     return row
 
 

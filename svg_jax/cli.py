@@ -103,6 +103,7 @@ def _run_generate(args: argparse.Namespace) -> int:
             q_clusters=args.q_clusters,
             k_clusters=args.k_clusters,
             top_p=args.top_p,
+            min_k_token_ratio=args.min_k_token_ratio,
             checkpoint=pathlib.Path(args.checkpoint),
             prompt_embeds=pathlib.Path(args.prompt_embeds),
             negative_embeds=None if args.negative_embeds is None else pathlib.Path(args.negative_embeds),
@@ -173,6 +174,12 @@ def _add_generate(subparsers: argparse._SubParsersAction) -> None:
     method.add_argument("--q-clusters", type=int, help="SVG2 query clusters")
     method.add_argument("--k-clusters", type=int, help="SVG2 key clusters")
     method.add_argument("--top-p", type=float, help="SVG2 estimated attention mass kept per query cluster")
+    method.add_argument(
+        "--min-k-token-ratio",
+        type=float,
+        help="SVG2 share of the key tokens each query cluster keeps at least (not official; with a tiny "
+        "--top-p it fixes the density)",
+    )
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=_run_generate)

@@ -88,6 +88,15 @@ def reorder(x: Array, order: Int[Array, "*G C"], axis: int) -> Array:
     return jnp.take_along_axis(x, idx, axis=axis)
 
 
+def reorder_map(cluster_map: Array, q_order: Int[Array, "*G Cq"], k_order: Int[Array, "*G Ck"]) -> Array:
+    """``reorder(reorder(cluster_map, q_order, -2), k_order, -1)`` as one gather (``[*G, Cq, Ck]`` maps):
+    each entry read once at ``(q_order[i], k_order[j])``, no intermediate map and no transposes."""
+    *lead, cq, ck = cluster_map.shape
+    flat = cluster_map.reshape(*lead, cq * ck)
+    idx = q_order[..., :, None] * ck + k_order[..., None, :]  # [*G, Cq, Ck] flat source of each entry
+    return jnp.take_along_axis(flat, idx.reshape(*lead, cq * ck), axis=-1).reshape(cluster_map.shape)
+
+
 def regroup(
     order: Int[Array, "*G N"], sizes: Int[Array, "*G C"], layout: Int[Array, "*G C"]
 ) -> Int[Array, "*G N"]:

@@ -89,6 +89,7 @@ def resolve(
     q_clusters: int | None,
     k_clusters: int | None,
     top_p: float | None,
+    min_k_token_ratio: float | None = None,
     **paths: Any,
 ) -> GenerateRequest:
     """Fill unset options from ``preset`` (or the defaults) and build the request."""
@@ -107,7 +108,15 @@ def resolve(
             )
     for method, flags in (
         ("svg1", (("--density", density),)),
-        ("svg2", (("--q-clusters", q_clusters), ("--k-clusters", k_clusters), ("--top-p", top_p))),
+        (
+            "svg2",
+            (
+                ("--q-clusters", q_clusters),
+                ("--k-clusters", k_clusters),
+                ("--top-p", top_p),
+                ("--min-k-token-ratio", min_k_token_ratio),
+            ),
+        ),
     ):
         given = [flag for flag, value in flags if value is not None]
         if given and attention != method:
@@ -125,11 +134,13 @@ def resolve(
     try:
         if density is not None:
             svg1_cfg = dataclasses.replace(svg1_cfg, density=density)
-        changes = {
-            k: v
-            for k, v in (("num_q_clusters", q_clusters), ("num_k_clusters", k_clusters), ("top_p", top_p))
-            if v is not None
-        }
+        overrides = (
+            ("num_q_clusters", q_clusters),
+            ("num_k_clusters", k_clusters),
+            ("top_p", top_p),
+            ("min_k_token_ratio", min_k_token_ratio),
+        )
+        changes = {k: v for k, v in overrides if v is not None}
         svg2_cfg = dataclasses.replace(svg2_cfg, **changes)
         attn = presets.attention_config(
             attention,

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
-from svg_jax.cluster_layout import inverse_permutation, regroup, relabel, reorder, seriate
+from svg_jax.cluster_layout import inverse_permutation, regroup, relabel, reorder, reorder_map, seriate
 from svg_jax.kmeans import KMeansResult, kmeans
 from svg_jax.layout import TextTokens
 from svg_jax.pallas_kernels import (
@@ -46,6 +46,10 @@ class SVG2Config:
     kmeans_warm_iters: int  # --kmeans_iter_step: warm-start iterations on later calls
     dense_steps: int  # denoising steps run dense first (floor(first_times_fp · steps))
     dense_layers: int  # layers always run dense (floor(first_layers_fp · layers))
+    # Not an official flag: per query cluster, also keep the most probable key clusters until they hold
+    # this share of the video key tokens (a floor like min_k_cluster_ratio, counted in tokens). With
+    # top_p near 0 it fixes the density: the speed-curve settings of benchmarks/e2e.py. 0 is off.
+    min_k_token_ratio: float = 0.0
     # Not an official flag: barycentre sweeps ordering the clusters so that selected pairs are contiguous
     # (svg_jax.cluster_layout). Same attention, fewer kernel chunks; 0 keeps the official label order.
     layout_sweeps: int = 2
@@ -67,9 +71,10 @@ class SVG2Config:
                 raise ValueError(f"SVG2Config.{name} must be an int >= 0; got {value!r}")
         if not isinstance(self.top_p, (int, float)) or not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"SVG2Config.top_p must be a float in (0, 1]; got {self.top_p!r}")
-        ratio = self.min_k_cluster_ratio
-        if not isinstance(ratio, (int, float)) or not 0.0 <= ratio <= 1.0:
-            raise ValueError(f"SVG2Config.min_k_cluster_ratio must be a float in [0, 1]; got {ratio!r}")
+        for name in ("min_k_cluster_ratio", "min_k_token_ratio"):
+            ratio = getattr(self, name)
+            if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 <= ratio <= 1.0:
+                raise ValueError(f"SVG2Config.{name} must be a float in [0, 1]; got {ratio!r}")
 
     @property
     def min_k_clusters(self) -> int:
@@ -289,6 +294,8 @@ def svg2_plan(
         probs,
         top_p=config.top_p,
         min_clusters=config.min_k_clusters,
+        k_sizes=k_sizes if config.min_k_token_ratio > 0 else None,
+        min_tokens=config.min_k_token_ratio * nv,
         implementation=implementation,
         interpret=interpret,
     )
@@ -298,8 +305,7 @@ def svg2_plan(
     q_lab, k_lab = relabel(q_lab, q_order), relabel(k_lab, k_order)
     q_perm, k_perm = regroup(q_sorted, q_sizes, q_order), regroup(k_sorted, k_sizes, k_order)  # no new sort
     q_sizes, k_sizes = reorder(q_sizes, q_order, -1), reorder(k_sizes, k_order, -1)
-    cmap = reorder(reorder(cmap, q_order, -2), k_order, -1)
-    probs = reorder(reorder(probs, q_order, -2), k_order, -1)
+    cmap, probs = reorder_map(cmap, q_order, k_order), reorder_map(probs, q_order, k_order)
 
     if text is not None:
         ctx = text.num_tokens

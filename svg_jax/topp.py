@@ -40,6 +40,8 @@ def top_p_cluster_map(
     *,
     top_p: float,
     min_clusters: int = 0,
+    k_sizes: Int[Array, "*G Ck"] | None = None,
+    min_tokens: float = 0.0,
     implementation: str = "auto",
     interpret: bool | None = None,
 ) -> Bool[Array, "*G Cq Ck"]:
@@ -48,14 +50,23 @@ def top_p_cluster_map(
     Official semantics (SVG2 ``identify_dynamic_map``): sort a row descending and keep every cluster whose
     *preceding* cumulative mass is ``<= top_p``, so the cluster that crosses ``top_p`` is included and the
     most probable one is always kept. The ``min_clusters`` most probable clusters are kept regardless
-    (the ``min_k_cluster_ratio`` floor). ``top_p >= 1`` keeps everything. Ties sort by lower index.
+    (the ``min_k_cluster_ratio`` floor), and with the key cluster sizes ``k_sizes`` given, the most probable
+    until they hold at least ``min_tokens`` key tokens (the ``min_k_token_ratio`` floor, not official).
+    ``top_p >= 1`` keeps everything. Ties sort by lower index.
     On a GPU this runs :func:`~svg_jax.pallas_kernels.top_p_mask`'s threshold search instead of a sort
     (``implementation``/``interpret`` pick the path; see there for float32 rounding at the boundary).
     """
     if top_p >= 1.0:  # dense, even where rounding puts a row's mass a hair above 1
         return jnp.ones(probs.shape, jnp.bool_)
+    weights = None if k_sizes is None else k_sizes[..., None, :]  # one row of sizes per query cluster
     return top_p_mask(
-        probs, top_p=top_p, min_clusters=min_clusters, implementation=implementation, interpret=interpret
+        probs,
+        top_p=top_p,
+        min_clusters=min_clusters,
+        weights=weights,
+        min_weight=min_tokens if weights is not None else 0.0,
+        implementation=implementation,
+        interpret=interpret,
     )
 
 

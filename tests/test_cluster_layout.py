@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from kernel_utils import tile_plan
 
-from svg_jax.cluster_layout import regroup, relabel, reorder, seriate
+from svg_jax.cluster_layout import regroup, relabel, reorder, reorder_map, seriate
 from svg_jax.svg2 import SVG2Cache, SVG2Config, apply_svg2_plan, svg2_plan
 
 
@@ -30,6 +30,7 @@ def test_orders_are_permutations_and_relabel_keeps_every_pair(cq, ck, density, s
     ql = jnp.asarray(rng.integers(0, cq, (2, 30)))
     kl = jnp.asarray(rng.integers(0, ck, (2, 40)))
     new = reorder(reorder(cmap, q_order, -2), k_order, -1)
+    np.testing.assert_array_equal(jax.jit(reorder_map)(cmap, q_order, k_order), new)  # one gather, same map
     before = np.asarray(cmap)[
         np.arange(2)[:, None, None], np.asarray(ql)[:, :, None], np.asarray(kl)[:, None]
     ]

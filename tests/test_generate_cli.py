@@ -187,6 +187,7 @@ def _resolve(**overrides):
         "q_clusters",
         "k_clusters",
         "top_p",
+        "min_k_token_ratio",
         "negative_embeds",
         "image_inputs",
         "init_latents",
@@ -204,6 +205,11 @@ def test_presets_fill_the_official_settings():
     fewer = _resolve(attention="svg1", steps=30)
     assert fewer.attention.dense_steps == 6  # floor(0.2 · 30), the official first_times_fp rule
     assert _resolve(attention="svg1", steps=30, dense_steps=0).attention.dense_steps == 0
+    floor = _resolve(attention="svg2", top_p=1e-6, min_k_token_ratio=0.13).attention.svg2
+    assert (floor.top_p, floor.min_k_token_ratio, floor.num_k_clusters) == (1e-6, 0.13, 1000)
+    only_svg2 = "--min-k-token-ratio only apply to --attention svg2"
+    with pytest.raises(generate_module.GenerateError, match=only_svg2):
+        _resolve(attention="svg1", min_k_token_ratio=0.13)
     with pytest.raises(generate_module.GenerateError, match="--preset must be one of"):
         _resolve(attention="dense", preset="wan9")
     with pytest.raises(generate_module.GenerateError, match="--height, --width, --frames required"):

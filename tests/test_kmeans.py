@@ -379,19 +379,29 @@ def test_kmeans_compiled_gpu_matches_xla():
     ],
 )
 @pytest.mark.parametrize("token_major", [False, True])
-def test_assign_mosaic_kernel_compiled_gpu(shape, block_k, stages, token_major, dtype):
+@pytest.mark.parametrize("row_blocks", [1, 2])
+def test_assign_mosaic_kernel_compiled_gpu(shape, block_k, stages, token_major, dtype, row_blocks):
     from svg_jax.pallas_kernels.kmeans_mosaic import kmeans_assign_mosaic
 
     require_hopper()
     x, c = _data(2, *shape, dtype)
     xin = _token_major(x, 1) if token_major else x
-    fn = jax.jit(lambda a, b: kmeans_assign_mosaic(a, b, block_k=block_k, num_stages=stages))
+    opts = dict(block_k=block_k, row_blocks=row_blocks)
+    if row_blocks == 2 and (shape[-1] == 256 or block_k == 128):  # shared memory / registers run out
+        with pytest.raises(ValueError, match="row_blocks=1"):
+            kmeans_assign_mosaic(xin, c, **opts)
+        return
+    fn = jax.jit(lambda a, b: kmeans_assign_mosaic(a, b, num_stages=stages, **opts))
     labels, dist = fn(xin, c)
     _check_assignment(x, c, labels, dist, dtype)
     # Few persistent CTAs: each walks many items, so the rings and row buffers wrap many times.
-    labels2, dist2 = jax.jit(lambda a, b: kmeans_assign_mosaic(a, b, block_k=block_k, num_programs=3))(xin, c)
+    labels2, dist2 = jax.jit(lambda a, b: kmeans_assign_mosaic(a, b, num_programs=3, **opts))(xin, c)
     np.testing.assert_array_equal(np.asarray(labels2), np.asarray(labels))
     np.testing.assert_array_equal(np.asarray(dist2), np.asarray(dist))
+    if row_blocks == 2 and block_k is not None:  # the item size never changes the result
+        same = jax.jit(lambda a, b: kmeans_assign_mosaic(a, b, block_k=block_k, row_blocks=1))(xin, c)
+        np.testing.assert_array_equal(np.asarray(same[0]), np.asarray(labels))
+        np.testing.assert_array_equal(np.asarray(same[1]), np.asarray(dist))
 
 
 @pytest.mark.gpu
@@ -422,13 +432,31 @@ def test_assign_mosaic_refuses_unsupported_inputs():
     for bad in (36, 136, 0.5):
         with pytest.raises(ValueError, match="block_k must be a multiple of 8 in \\[8, 128\\]"):
             kmeans_assign_mosaic(x, c, block_k=bad)
+    with pytest.raises(ValueError, match="row_blocks must be 1 or 2"):
+        kmeans_assign_mosaic(x, c, row_blocks=3)
+    with pytest.raises(ValueError, match="use block_k=64 or row_blocks=1"):
+        kmeans_assign_mosaic(x, c, row_blocks=2)  # D = 256: four 128-row buffers fill shared memory
+    with pytest.raises(ValueError, match="use block_k <= 64 or row_blocks=1"):
+        kmeans_assign_mosaic(x[..., :128], c[..., :128], block_k=128, row_blocks=2)
 
 
 @pytest.mark.parametrize(
-    "d, k, want",
-    [(128, 300, 104), (128, 1000, 128), (128, 128, 128), (128, 129, 72), (128, 5, 8), (256, 300, 64)],
+    "d, k, row_blocks, want",
+    [
+        (128, 300, 1, 104),
+        (128, 1000, 1, 128),
+        (128, 128, 1, 128),
+        (128, 129, 1, 72),
+        (128, 5, 1, 8),
+        (256, 300, 1, 64),
+        (128, 300, 2, 64),  # 5 tiles of 64 (320 columns)
+        (128, 1000, 2, 64),
+        (64, 100, 2, 56),
+    ],
 )
-def test_default_centroid_tile_shares_k_evenly(d, k, want):
-    from svg_jax.pallas_kernels.kmeans_mosaic import default_block_k
+def test_default_centroid_tile_shares_k_evenly(d, k, row_blocks, want):
+    from svg_jax.pallas_kernels.kmeans_mosaic import default_block_k, default_row_blocks
 
-    assert default_block_k(d, k) == want
+    assert default_block_k(d, k, row_blocks) == want
+    # 256-row items wherever their row buffers leave room for the ring (D <= 128 in bf16).
+    assert default_row_blocks(d) == (2 if d <= 128 else 1)

@@ -81,11 +81,16 @@ def test_cluster_kernel_lowers(block_k, per_step, mask, opts):
     lowered(fn, q, plan)
 
 
-@pytest.mark.parametrize("k, block_k", [(300, None), (300, 128), (1000, None), (20, None), (200, 64)])
-def test_kmeans_assign_kernel_lowers(k, block_k):
-    """Tile widths that are not a power of two (300 centroids: 3 tiles of 104) lower like 64 and 128."""
+@pytest.mark.parametrize(
+    "k, block_k, row_blocks",
+    [(300, None, 1), (300, 128, 1), (1000, None, 1), (20, None, 1), (200, 64, 1), (300, None, 2)]
+    + [(1000, 40, 2)],
+)
+def test_kmeans_assign_kernel_lowers(k, block_k, row_blocks):
+    """Tile widths that are not a power of two (300 centroids: 3 tiles of 104) lower like 64 and 128;
+    two 64-row blocks per warpgroup (256-row items) lower too."""
     from svg_jax.pallas_kernels.kmeans_mosaic import kmeans_assign_mosaic
 
     x = jnp.zeros((1, 1000, 2, 128), jnp.bfloat16)
     c = jnp.zeros((2, k, 128), jnp.float32)
-    lowered(functools.partial(kmeans_assign_mosaic, block_k=block_k), x, c)
+    lowered(functools.partial(kmeans_assign_mosaic, block_k=block_k, row_blocks=row_blocks), x, c)

@@ -252,6 +252,32 @@ def test_top_p_one_is_dense():
     np.testing.assert_allclose(stats.density, 1.0)
 
 
+@pytest.mark.parametrize("ratio", [0.13, 0.3, 0.6])
+def test_token_floor_fixes_the_density(ratio):
+    """With top_p near 0 the min_k_token_ratio floor alone sets the density: every query cluster keeps
+    the most probable key clusters until they hold ``ratio`` of the keys, and one fewer would not."""
+    b, n, h, d = 1, 96, 3, 8
+    cfg = SVG2Config(**{**BASE, "num_k_clusters": 12, "top_p": 1e-6, "min_k_cluster_ratio": 0.0,
+                        "min_k_token_ratio": ratio})
+    q, k, v = _qkv(11, b, n, h, d)
+    cache = SVG2Cache.create(1, b, h, cfg, d).layer(0)
+    plan_fn = jax.jit(lambda q, k: svg2_plan(q, k, config=cfg, cache=cache, key=jax.random.key(3)))
+    plan, _, stats = plan_fn(q, k)
+    cmap, sizes = np.asarray(plan.cluster_map), np.asarray(plan.k_cluster_sizes)
+    kept = (cmap * sizes[..., None, :]).sum(-1)  # [B, H, Cq] key tokens each query cluster keeps
+    assert (kept >= ratio * n).all()
+    # Dropping the least probable kept cluster of a row would fall short of the floor.
+    probs = np.where(cmap, np.asarray(plan.probs), np.inf)
+    weakest = np.take_along_axis(sizes[..., None, :].repeat(cmap.shape[-2], -2),
+                                 probs.argmin(-1)[..., None], -1)[..., 0]
+    assert (kept - weakest < ratio * n).all()
+    q_sizes = np.asarray(plan.q_cluster_sizes)
+    np.testing.assert_allclose(stats.density, (q_sizes * kept).sum(-1) / n**2, rtol=1e-6)
+    assert (np.asarray(stats.density) >= ratio).all()
+    with pytest.raises(ValueError, match=r"SVG2Config.min_k_token_ratio must be a float in \[0, 1\]"):
+        SVG2Config(**{**BASE, "min_k_token_ratio": 1.5})
+
+
 def test_cold_then_warm_and_layer_scan():
     """A cold call warms the cache; later calls warm-start; a layer scan slices the stacked cache."""
     b, n, h, d, layers = 1, 40, 2, 8, 2

@@ -16,9 +16,10 @@ from svg_jax.pallas_kernels import TopPConfig, top_p_mask, top_p_mask_reference
 from svg_jax.topp import top_p_cluster_map
 
 mask_jit = jax.jit(
-    top_p_mask, static_argnames=("top_p", "min_clusters", "implementation", "interpret", "config")
+    top_p_mask,
+    static_argnames=("top_p", "min_clusters", "min_weight", "implementation", "interpret", "config"),
 )
-reference_jit = jax.jit(top_p_mask_reference, static_argnames=("top_p", "min_clusters"))
+reference_jit = jax.jit(top_p_mask_reference, static_argnames=("top_p", "min_clusters", "min_weight"))
 
 
 def _dyadic(seed: int, rows: int, cols: int, zero_frac: float = 0.3) -> np.ndarray:
@@ -60,6 +61,52 @@ def test_matches_oracle_exactly_on_dyadic_rows(rows, cols, top_p, min_frac, bloc
     )
     ref = reference_jit(p, top_p=top_p, min_clusters=m)
     np.testing.assert_array_equal(out, ref)
+
+
+@given(
+    groups=st.integers(1, 3),
+    rows=st.integers(1, 8),
+    cols=st.integers(1, 70),
+    top_p=st.sampled_from([1 / 64, 0.5, 2.0]),
+    weight_frac=st.sampled_from([0.01, 0.13, 0.3, 1.0, 2.0]),
+    per_group=st.booleans(),
+    min_clusters=st.integers(0, 3),
+    seed=st.integers(0, 2**16),
+)
+def test_weight_floor_matches_oracle_exactly(
+    groups, rows, cols, top_p, weight_frac, per_group, min_clusters, seed
+):
+    """Integer weights (cluster sizes, many zero) sum exactly: the kernel's floor equals the sort's."""
+    rng = np.random.default_rng(seed)
+    p = jnp.asarray(_dyadic(seed, groups * rows, cols)).reshape(groups, rows, cols)
+    w = rng.integers(0, 20, size=(groups, 1 if per_group else rows, cols)).astype(np.float32)
+    w[rng.random(w.shape) < 0.2] = 0.0
+    min_weight = float(weight_frac * max(w.sum(-1).mean(), 1.0))
+    opts = dict(top_p=top_p, min_clusters=min_clusters, min_weight=min_weight)
+    out = mask_jit(p, weights=jnp.asarray(w), **opts, implementation="pallas_triton", interpret=True)
+    ref = reference_jit(p, weights=jnp.asarray(w), **opts)
+    np.testing.assert_array_equal(out, ref)
+    # The floor's own promise: each row keeps at least min_weight, or all it has.
+    full = np.broadcast_to(w, p.shape)
+    kept = np.where(np.asarray(out), full, 0).sum(-1)
+    assert (kept >= np.minimum(min_weight, full.sum(-1))).all()
+
+
+def test_weight_floor_by_hand():
+    p = jnp.asarray([[0.5, 0.25, 0.125, 0.125, 0.0]])
+    w = jnp.asarray([[1.0, 5.0, 0.0, 5.0, 9.0]])
+    opts = dict(top_p=0.01, implementation="pallas_triton", interpret=True)
+    floor = lambda mw: np.asarray(mask_jit(p, weights=w, min_weight=mw, **opts))[0]
+    np.testing.assert_array_equal(floor(1.0), [True, False, False, False, False])  # 1 >= 1 after the first
+    np.testing.assert_array_equal(floor(3.0), [True, True, False, False, False])  # crossing entry kept
+    np.testing.assert_array_equal(floor(6.5), [True, True, True, True, False])  # the empty one on the way
+    np.testing.assert_array_equal(floor(100.0), [True] * 5)  # short of the floor: the whole row
+    np.testing.assert_array_equal(floor(0.0), [True, False, False, False, False])  # no floor
+    # Tied entries take the floor in index order with their own weights.
+    tied = mask_jit(
+        jnp.full((1, 4), 0.25), weights=jnp.asarray([[4.0, 1.0, 2.0, 3.0]]), min_weight=5.5, **opts
+    )
+    np.testing.assert_array_equal(tied, [[True, True, True, False]])
 
 
 def test_ties_boundary_floor_and_degenerate_rows():
@@ -120,6 +167,18 @@ def test_cluster_map_dispatches_to_the_kernel():
         (dict(probs=jnp.asarray([[0.5, -0.1]])), ValueError, "probs must be non-negative"),
         (dict(top_p=0.0), ValueError, "top_p must be a float > 0"),
         (dict(min_clusters=-1), ValueError, "min_clusters must be an int >= 0"),
+        (dict(min_weight=-1.0), ValueError, "min_weight must be a float >= 0"),
+        (dict(min_weight=2.0), ValueError, "min_weight > 0 needs weights"),
+        (
+            dict(weights=jnp.ones((3, 4)), min_weight=2.0),
+            ValueError,
+            "weights must broadcast to probs' shape",
+        ),
+        (
+            dict(weights=jnp.asarray([1.0, -1.0, 0.0, 0.0]), min_weight=2.0),
+            ValueError,
+            "weights must be non-negative",
+        ),
         (dict(implementation="pallas_mosaic"), NotImplementedError, "top_p_mask has no Mosaic GPU kernel"),
     ],
 )
@@ -147,3 +206,9 @@ def test_compiled_at_the_wan_shape():
             top_p_mask(d, top_p=top_p, min_clusters=m, implementation="pallas_triton"),
             top_p_mask_reference(d, top_p=top_p, min_clusters=m),
         )
+    # The token floor of SVG2's fixed-density setting: cluster sizes shared by each head's rows.
+    sizes = jax.random.randint(jax.random.key(4), (1, 40, 1, 1000), 0, 160).astype(jnp.float32)
+    opts = dict(top_p=1e-6, weights=sizes, min_weight=0.13 * 75600)
+    np.testing.assert_array_equal(
+        top_p_mask(p, **opts, implementation="pallas_triton"), top_p_mask_reference(p, **opts)
+    )
