@@ -53,7 +53,7 @@ b, h, n, d = 1, 2, 2048, 128
 q = jax.random.normal(jax.random.key(0), (b, n, h, d), jnp.bfloat16)
 if kind == "kmeans":  # the default centroid tile for k centroids
     c = jax.random.normal(jax.random.key(1), (b * h, opts.pop("k"), d), jnp.float32)
-    jax.block_until_ready(jax.jit(kmeans_assign_mosaic)(q, c, **opts))
+    jax.block_until_ready(jax.jit(functools.partial(kmeans_assign_mosaic, **opts))(q, c))
 elif kind == "block":
     nkb = n // opts["block_k"]
     idx = jnp.tile(jnp.arange(nkb, dtype=jnp.int32), (b, h, n // 128, 1))

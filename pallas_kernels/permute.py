@@ -28,9 +28,6 @@ class PermuteConfig:
     block_rows: int = 64
     num_warps: int = 4
     num_stages: int = 1
-    # Launch order: False walks a head's row blocks back to back, True the heads of one row block (so
-    # consecutive programs write neighbouring columns of the same output rows).
-    heads_first: bool = False
 
     def __post_init__(self):
         checks.check_block_size("block_rows", self.block_rows)
@@ -55,18 +52,12 @@ def _call(src, xs, *, block_rows: int, config: PermuteConfig, interpret: bool):
     """Launch on ``src`` ``[B, H, Mp]`` (``Mp`` a multiple of ``block_rows``) and ``[B, N, H, Dp]`` arrays."""
     b, h, m_pad = src.shape
     n, d = xs[0].shape[1], xs[0].shape[3]
-    grid = (m_pad // block_rows, b, h)
-    at = lambda f: f  # program ids in (row block, batch, head) order
-    if config.heads_first:
-        grid = (h, m_pad // block_rows, b)
-        at = lambda f: lambda hi, i, bi: f(i, bi, hi)
-    x_spec = pl.BlockSpec((None, n, None, d), at(lambda i, bi, hi: (bi, 0, hi, 0)))
-    o_spec = pl.BlockSpec((None, block_rows, None, d), at(lambda i, bi, hi: (bi, i, hi, 0)))
-    src_spec = pl.BlockSpec((None, None, block_rows), at(lambda i, bi, hi: (bi, hi, i)))
+    x_spec = pl.BlockSpec((None, n, None, d), lambda i, bi, hi: (bi, 0, hi, 0))
+    o_spec = pl.BlockSpec((None, block_rows, None, d), lambda i, bi, hi: (bi, i, hi, 0))
     return pl.pallas_call(
         functools.partial(_kernel, num_arrays=len(xs)),
-        grid=grid,
-        in_specs=[src_spec] + [x_spec] * len(xs),
+        grid=(m_pad // block_rows, b, h),
+        in_specs=[pl.BlockSpec((None, None, block_rows), lambda i, bi, hi: (bi, hi, i))] + [x_spec] * len(xs),
         out_specs=[o_spec] * len(xs),
         out_shape=[jax.ShapeDtypeStruct((b, m_pad, h, d), x.dtype) for x in xs],
         compiler_params=pltriton.CompilerParams(num_warps=config.num_warps, num_stages=config.num_stages),

@@ -37,13 +37,12 @@ def test_grid_matches_reference(interpret, dtype, n, m, d):
 
 
 @given(n=st.integers(1, 80), m=st.integers(1, 80), block_rows=st.sampled_from([16, 32, 64]),
-       dtype=st.sampled_from([jnp.float32, jnp.bfloat16]), heads_first=st.booleans(),
-       seed=st.integers(0, 2**16))
-def test_fuzz_ragged_shapes(n, m, block_rows, dtype, heads_first, seed):
-    xs = random_arrays(seed, 1, (2, n, 3, 16), dtype)
-    src = random_sources(seed + 1, 2, 3, n, m)
+       dtype=st.sampled_from([jnp.float32, jnp.bfloat16]), seed=st.integers(0, 2**16))
+def test_fuzz_ragged_shapes(n, m, block_rows, dtype, seed):
+    xs = random_arrays(seed, 1, (1, n, 2, 16), dtype)
+    src = random_sources(seed + 1, 1, 2, n, m)
     (out,) = permute_tokens(xs, src, implementation="pallas_triton", interpret=True,
-                            config=PermuteConfig(block_rows=block_rows, heads_first=heads_first))
+                            config=PermuteConfig(block_rows=block_rows))
     ref = permute_tokens_reference(xs, src)[0]
     np.testing.assert_array_equal(np.asarray(out, np.float32), np.asarray(ref, np.float32))
 
