@@ -229,7 +229,7 @@ def top_p_mask(
     _check(probs, top_p, min_clusters, weights, min_weight)
     c = probs.shape[-1]
     probs = probs.astype(jnp.float32)
-    min_weight = float(min_weight) if weights is not None else 0.0
+    min_weight = float(min_weight)  # > 0 only with weights (checked)
     if min_clusters >= c:
         return jnp.ones(probs.shape, jnp.bool_)
     impl = resolve_implementation(implementation)

@@ -76,21 +76,20 @@ def relabel(labels: Int[Array, "*G N"], order: Int[Array, "*G C"]) -> Int[Array,
     return jnp.take_along_axis(inverse_permutation(order), labels, axis=-1)
 
 
-def reorder(x: Array, order: Int[Array, "*G C"], axis: int) -> Array:
-    """``x`` ``[*G, C]`` or a map ``[*G, Cq, Ck]`` with cluster axis ``axis`` (-1 or -2, from the end)
-    permuted into ``order`` ``[*G, C]``."""
-    if axis not in (-1, -2):
-        raise ValueError(f"axis must be -1 or -2 (the cluster axes of a map); got {axis!r}")
-    if x.ndim == order.ndim:
-        idx = order
-    else:
-        idx = order[..., None, :] if axis == -1 else order[..., :, None]
-    return jnp.take_along_axis(x, idx, axis=axis)
+def reorder(x: Array, order: Int[Array, "*G C"]) -> Array:
+    """Per-cluster values ``x`` ``[*G, C]`` (sizes, orders) permuted into ``order`` (``order[p]`` is the old
+    cluster at position ``p``); a map takes :func:`reorder_map`."""
+    if x.shape != order.shape:
+        raise ValueError(
+            f"x must have the shape of order {order.shape} (one value per cluster; for a [*G, Cq, Ck] map "
+            f"use reorder_map); got {x.shape}"
+        )
+    return jnp.take_along_axis(x, order, axis=-1)
 
 
 def reorder_map(cluster_map: Array, q_order: Int[Array, "*G Cq"], k_order: Int[Array, "*G Ck"]) -> Array:
-    """``reorder(reorder(cluster_map, q_order, -2), k_order, -1)`` as one gather (``[*G, Cq, Ck]`` maps):
-    each entry read once at ``(q_order[i], k_order[j])``, no intermediate map and no transposes."""
+    """A ``[*G, Cq, Ck]`` map with both cluster axes permuted: ``out[i, j] = cluster_map[q_order[i],
+    k_order[j]]``, as one gather (each entry read once, no intermediate map and no transposes)."""
     *lead, cq, ck = cluster_map.shape
     flat = cluster_map.reshape(*lead, cq * ck)
     idx = q_order[..., :, None] * ck + k_order[..., None, :]  # [*G, Cq, Ck] flat source of each entry
@@ -103,7 +102,7 @@ def regroup(
     """``argsort(relabel(labels, layout), stable=True)`` from ``order = argsort(labels, stable=True)``
     and the cluster ``sizes``, without a sort: the rows of each cluster move as one block, in the clusters'
     new order, keeping their order inside the block."""
-    new_sizes = reorder(sizes, layout, -1)
+    new_sizes = reorder(sizes, layout)
     start = lambda s: jnp.cumsum(s, axis=-1, dtype=jnp.int32) - s  # first sorted slot of each cluster
     position = cluster_labels(new_sizes, order.shape[-1])  # [*G, N] new position of each slot's cluster
     old_first = jnp.take_along_axis(start(sizes), layout, axis=-1)  # [*G, C] by new position

@@ -294,7 +294,7 @@ def svg2_plan(
         probs,
         top_p=config.top_p,
         min_clusters=config.min_k_clusters,
-        k_sizes=k_sizes if config.min_k_token_ratio > 0 else None,
+        k_sizes=k_sizes,
         min_tokens=config.min_k_token_ratio * nv,
         implementation=implementation,
         interpret=interpret,
@@ -304,7 +304,7 @@ def svg2_plan(
     q_order, k_order = seriate(cmap, config.layout_sweeps, q_sizes, k_sizes)
     q_lab, k_lab = relabel(q_lab, q_order), relabel(k_lab, k_order)
     q_perm, k_perm = regroup(q_sorted, q_sizes, q_order), regroup(k_sorted, k_sizes, k_order)  # no new sort
-    q_sizes, k_sizes = reorder(q_sizes, q_order, -1), reorder(k_sizes, k_order, -1)
+    q_sizes, k_sizes = reorder(q_sizes, q_order), reorder(k_sizes, k_order)
     cmap, probs = reorder_map(cmap, q_order, k_order), reorder_map(probs, q_order, k_order)
 
     if text is not None:

@@ -58,13 +58,12 @@ def top_p_cluster_map(
     """
     if top_p >= 1.0:  # dense, even where rounding puts a row's mass a hair above 1
         return jnp.ones(probs.shape, jnp.bool_)
-    weights = None if k_sizes is None else k_sizes[..., None, :]  # one row of sizes per query cluster
     return top_p_mask(
         probs,
         top_p=top_p,
         min_clusters=min_clusters,
-        weights=weights,
-        min_weight=min_tokens if weights is not None else 0.0,
+        weights=None if k_sizes is None else k_sizes[..., None, :],  # one row of sizes per query cluster
+        min_weight=min_tokens,
         implementation=implementation,
         interpret=interpret,
     )
