@@ -125,6 +125,10 @@ def settings(preset: presets.GenerationPreset) -> dict[str, AttentionConfig]:
     return out
 
 
+def with_query_tiles(attention: AttentionConfig, query_tiles: str) -> AttentionConfig:
+    return dataclasses.replace(attention, svg2=dataclasses.replace(attention.svg2, query_tiles=query_tiles))
+
+
 def time_steps(model, inputs, attention: AttentionConfig, steps: int, shift: float) -> dict:
     stamps = []
 
@@ -196,6 +200,12 @@ def main(argv=None) -> int:
         help="dense step time measured by an earlier run (for speedups when --only leaves dense out)",
     )
     parser.add_argument("--no-share", action="store_true", help="skip the attention-share forwards")
+    parser.add_argument(
+        "--query-tiles",
+        choices=("auto", "fixed", "aligned"),
+        default=None,
+        help="SVG2Config.query_tiles of the svg2 settings (default: the config's, auto)",
+    )
     args = parser.parse_args(argv)
     names = args.models.split(",")
     unknown = [n for n in names if n not in MODELS and n != "tiny"]
@@ -230,11 +240,15 @@ def main(argv=None) -> int:
         chosen = settings(preset)
         if args.only:
             chosen = {k: v for k, v in chosen.items() if k in args.only.split(",")}
+        if args.query_tiles:
+            tiled = lambda v: with_query_tiles(v, args.query_tiles) if v.method == "svg2" else v
+            chosen = {k: tiled(v) for k, v in chosen.items()}
         for label, attention in chosen.items():
             row = {
                 "model": name,
                 "tokens": tokens,
                 "setting": label,
+                "query_tiles": attention.svg2.query_tiles if attention.method == "svg2" else None,
                 **time_steps(model, inputs, attention, args.steps, preset.flow_shift),
             }
             if label == "dense":

@@ -112,13 +112,18 @@ def cluster_fn(per_step, stages, overlap):
     )
 
 
-def svg2_problem(key):
+def svg2_sorted(key):
+    """Gaussian-mixture q, k, v sorted by the SVG2 preset's plan, and that plan: ``((qs, ks, vs), plan)``."""
     config = svg2.PRESETS["wan2.1-t2v-14b-720p"]
     q, k, v = mixture_qkv(key, B, N, H, D, 8, jnp.bfloat16)
     cache = SVG2Cache.create(1, B, H, config, D).layer(0)
     plan, _, _ = jax.jit(lambda q, k, c: svg2_plan(q, k, config=config, cache=c, key=key))(q, k, cache)
     sort = lambda x, perm: jnp.take_along_axis(x, jnp.swapaxes(perm, 1, 2)[..., None], axis=1)
-    qs, ks, vs = sort(q, plan.q_perm), sort(k, plan.k_perm), sort(v, plan.k_perm)
+    return (sort(q, plan.q_perm), sort(k, plan.k_perm), sort(v, plan.k_perm)), plan
+
+
+def svg2_problem(key):
+    (qs, ks, vs), plan = svg2_sorted(key)
     tiles = jax.jit(functools.partial(mosaic_chunk_plan, n=N))(plan)
     sizes = plan.q_cluster_sizes.astype(jnp.float32), plan.k_cluster_sizes.astype(jnp.float32)
     useful = jnp.sum(sizes[0][..., :, None] * sizes[1][..., None, :] * plan.cluster_map)

@@ -97,12 +97,31 @@ class ClusterTilePlan:
         """Whether every tile's chunks fit the lists (always true at :attr:`full_width`)."""
         return jnp.all(self.chunk_counts <= self.width)
 
+    def k_cluster_sizes(self) -> Int[Array, "B H Ck"]:
+        """The key cluster sizes the plan was built from."""
+        return jnp.diff(self.k_bounds[..., : self.cluster_map.shape[-1]], axis=-1)
+
+    def retiled(self, q_cluster_sizes, cluster_map, *, num_q: int) -> "ClusterTilePlan":
+        """A plan of the same keys, tiles and list width for other query clusters (``num_q`` rows):
+        e.g. :func:`~.tile_aligned.align_query_clusters`'s layout."""
+        return cluster_tile_plan(
+            q_cluster_sizes,
+            self.k_cluster_sizes(),
+            cluster_map,
+            num_q=num_q,
+            num_k=self.num_k,
+            block_q=self.block_q,
+            block_k=self.block_k,
+            row_align=self.row_align,
+            width=self.width,
+        )
+
     def widened(self) -> "ClusterTilePlan":
         """The same plan at :attr:`full_width`, rebuilt from this plan's cluster bounds and map."""
         cq, ck = self.cluster_map.shape[-2] - 1, self.cluster_map.shape[-1] - 1
         return cluster_tile_plan(
             jnp.diff(self.q_bounds[..., : cq + 1], axis=-1),
-            jnp.diff(self.k_bounds[..., : ck + 1], axis=-1),
+            self.k_cluster_sizes(),
             self.cluster_map[..., :cq, :ck] != 0,
             num_q=self.num_q,
             num_k=self.num_k,

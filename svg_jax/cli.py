@@ -104,6 +104,7 @@ def _run_generate(args: argparse.Namespace) -> int:
             k_clusters=args.k_clusters,
             top_p=args.top_p,
             min_k_token_ratio=args.min_k_token_ratio,
+            query_tiles=args.query_tiles,
             checkpoint=pathlib.Path(args.checkpoint),
             prompt_embeds=pathlib.Path(args.prompt_embeds),
             negative_embeds=None if args.negative_embeds is None else pathlib.Path(args.negative_embeds),
@@ -179,6 +180,13 @@ def _add_generate(subparsers: argparse._SubParsersAction) -> None:
         type=float,
         help="SVG2 share of the key tokens each query cluster keeps at least (not official; with a tiny "
         "--top-p it fixes the density)",
+    )
+    method.add_argument(
+        "--query-tiles",
+        choices=("auto", "fixed", "aligned"),
+        help="SVG2 query tiling of the attention kernel (not official): tiles across cluster boundaries, "
+        "each query cluster padded to whole tiles, or per call the cheaper by the plan's estimate "
+        "(default auto)",
     )
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -90,6 +90,7 @@ def resolve(
     k_clusters: int | None,
     top_p: float | None,
     min_k_token_ratio: float | None = None,
+    query_tiles: str | None = None,
     **paths: Any,
 ) -> GenerateRequest:
     """Fill unset options from ``preset`` (or the defaults) and build the request."""
@@ -115,6 +116,7 @@ def resolve(
                 ("--k-clusters", k_clusters),
                 ("--top-p", top_p),
                 ("--min-k-token-ratio", min_k_token_ratio),
+                ("--query-tiles", query_tiles),
             ),
         ),
     ):
@@ -139,6 +141,7 @@ def resolve(
             ("num_k_clusters", k_clusters),
             ("top_p", top_p),
             ("min_k_token_ratio", min_k_token_ratio),
+            ("query_tiles", query_tiles),
         )
         changes = {k: v for k, v in overrides if v is not None}
         svg2_cfg = dataclasses.replace(svg2_cfg, **changes)

@@ -21,6 +21,7 @@ from svg_jax.cluster_layout import inverse_permutation, regroup, relabel, reorde
 from svg_jax.kmeans import KMeansResult, kmeans
 from svg_jax.layout import TextTokens
 from svg_jax.pallas_kernels import (
+    ClusterTilePlan,
     checks,
     cluster_plan_for,
     cluster_sparse_attention_from_plan,
@@ -28,10 +29,16 @@ from svg_jax.pallas_kernels import (
     padded_rows,
     permute_tokens,
 )
+from svg_jax.pallas_kernels.tile_aligned import align_query_clusters, aligned_cost, fixed_cost
 from svg_jax.topp import add_text_clusters, cluster_probabilities, selected_mass, top_p_cluster_map
 
 # flash-kmeans as vendored by SVG2 stops when no centroid moves by more than this (L2).
 KMEANS_TOL = 1e-4
+QUERY_TILES = ("auto", "fixed", "aligned")
+# What a chunk that takes a mask (a run's edge or a mixed chunk) costs the Mosaic kernel beyond one that
+# does not, in unmasked chunks: about 12.0 against 7.5 us per thousand chunks at Wan 720p on the H100
+# (benchmarks/query_tiles.py). query_tiles="auto" weighs masked chunks by it.
+MASKED_CHUNK_WEIGHT = 0.6
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -53,6 +60,11 @@ class SVG2Config:
     # Not an official flag: barycentre sweeps ordering the clusters so that selected pairs are contiguous
     # (svg_jax.cluster_layout). Same attention, fewer kernel chunks; 0 keeps the official label order.
     layout_sweeps: int = 2
+    # Not an official flag: how the attention kernel tiles the cluster-sorted queries. "fixed": tiles cut
+    # across cluster boundaries (a tile spanning two query clusters computes the union of their
+    # selections, masked where they differ); "aligned": each query cluster padded to whole tiles of its
+    # own (pallas_kernels.tile_aligned); "auto": per call, whichever the plan's work estimate favours.
+    query_tiles: str = "auto"
 
     def __post_init__(self):
         for name in ("num_q_clusters", "num_k_clusters"):
@@ -71,6 +83,8 @@ class SVG2Config:
                 raise ValueError(f"SVG2Config.{name} must be an int >= 0; got {value!r}")
         if not isinstance(self.top_p, (int, float)) or not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"SVG2Config.top_p must be a float in (0, 1]; got {self.top_p!r}")
+        if self.query_tiles not in QUERY_TILES:
+            raise ValueError(f"SVG2Config.query_tiles must be one of {QUERY_TILES}; got {self.query_tiles!r}")
         for name in ("min_k_cluster_ratio", "min_k_token_ratio"):
             ratio = getattr(self, name)
             if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 <= ratio <= 1.0:
@@ -369,6 +383,7 @@ def apply_svg2_plan(
     *,
     text: TextTokens | None = None,
     sm_scale: float | None = None,
+    query_tiles: str = "auto",
     implementation: str = "auto",
     interpret: bool | None = None,
 ) -> Float[Array, "B N H D"]:
@@ -377,32 +392,60 @@ def apply_svg2_plan(
     One gather per operand builds the kernel's input from the whole sequence (video tokens in cluster
     order, text tokens, and the kernel's padding rows: :func:`~svg_jax.pallas_kernels.padded_rows`), so
     nothing is split, concatenated or padded apart; one gather of the kernel's output restores the order.
+    ``query_tiles`` (:attr:`SVG2Config.query_tiles`) picks how the query rows are tiled: ``"auto"``
+    compiles both tilings and runs the one the chunk plan estimates cheaper (``lax.cond``).
     """
+    if query_tiles not in QUERY_TILES:
+        raise ValueError(f"query_tiles must be one of {QUERY_TILES}; got {query_tiles!r}")
     n = q.shape[1]
-    impl, tile_plan = cluster_plan_for(
-        q,
-        k,
-        plan.q_cluster_sizes,
-        plan.k_cluster_sizes,
-        plan.cluster_map,
-        implementation=implementation,
-    )
-    rows_q, rows_k = (n, n) if tile_plan is None else padded_rows(tile_plan, impl)
-    q_src = _kernel_order(plan.q_perm, text, n, rows_q)  # [B, H, rows_q]
-    k_src = _kernel_order(plan.k_perm, text, n, rows_k)
+    sizes = (plan.q_cluster_sizes, plan.k_cluster_sizes, plan.cluster_map)
+    impl, tile_plan = cluster_plan_for(q, k, *sizes, implementation=implementation)
     perm_opts = dict(implementation=implementation, interpret=interpret)
-    (qs,) = permute_tokens([q], q_src, **perm_opts)  # [B, rows_q, H, D] in cluster order
-    ks, vs = permute_tokens([k, v], k_src, **perm_opts)  # v follows k
-    if tile_plan is None:  # the oracle (inputs validated by cluster_plan_for)
-        sizes = (plan.q_cluster_sizes, plan.k_cluster_sizes, plan.cluster_map)
-        sm = checks.default_sm_scale(q) if sm_scale is None else float(sm_scale)
-        out = cluster_sparse_attention_reference(qs, ks, vs, *sizes, sm_scale=sm)
-    else:
-        out = cluster_sparse_attention_from_plan(
-            qs, ks, vs, tile_plan, sm_scale=sm_scale, implementation=impl, interpret=interpret
-        )  # [B, rows_q, H, D] sorted
-    (restored,) = permute_tokens([out], inverse_permutation(q_src[..., :n]), **perm_opts)
-    return restored
+    rows_k = n if tile_plan is None else padded_rows(tile_plan, impl)[1]
+    ks, vs = permute_tokens([k, v], _kernel_order(plan.k_perm, text, n, rows_k), **perm_opts)  # v follows k
+
+    def attend(q_src, tiles, restore):  # q rows from q_src, attention on tiles, tokens back from restore
+        (qs,) = permute_tokens([q], q_src, **perm_opts)  # [B, rows_q, H, D] in cluster order
+        if tiles is None:  # the oracle (inputs validated by cluster_plan_for)
+            sm = checks.default_sm_scale(q) if sm_scale is None else float(sm_scale)
+            out = cluster_sparse_attention_reference(qs, ks, vs, *sizes, sm_scale=sm)
+        else:
+            out = cluster_sparse_attention_from_plan(
+                qs, ks, vs, tiles, sm_scale=sm_scale, implementation=impl, interpret=interpret
+            )  # [B, rows_q, H, D]
+        return permute_tokens([out], restore, **perm_opts)[0]
+
+    def fixed(_):
+        rows_q = n if tile_plan is None else padded_rows(tile_plan, impl)[0]
+        q_src = _kernel_order(plan.q_perm, text, n, rows_q)
+        return attend(q_src, tile_plan, inverse_permutation(q_src[..., :n]))
+
+    def aligned(_):
+        al = align_query_clusters(plan.q_cluster_sizes, plan.cluster_map, num_q=n, block_q=tile_plan.block_q)
+        q_src = _kernel_order(plan.q_perm, text, n, n)
+        tiles = tile_plan.retiled(al.sizes, al.cluster_map, num_q=al.rows)
+        return attend(al.source(q_src), tiles, al.restore(inverse_permutation(q_src)))
+
+    if tile_plan is None or query_tiles == "fixed":
+        return fixed(None)
+    if query_tiles == "aligned":
+        return aligned(None)
+    return jax.lax.cond(prefer_aligned_tiles(tile_plan, *sizes), aligned, fixed, None)
+
+
+def prefer_aligned_tiles(
+    tile_plan: ClusterTilePlan,
+    q_cluster_sizes: Int[Array, "B H Cq"],
+    k_cluster_sizes: Int[Array, "B H Ck"],
+    cluster_map: Bool[Array, "B H Cq Ck"],
+) -> Bool[Array, ""]:
+    """``query_tiles="auto"``'s choice: whether the aligned tiling's estimated work
+    (:func:`~svg_jax.pallas_kernels.tile_aligned.aligned_cost`) is below the fixed plan's
+    (:func:`~svg_jax.pallas_kernels.tile_aligned.fixed_cost`), masked chunks weighted by
+    :data:`MASKED_CHUNK_WEIGHT`, summed over batch and heads."""
+    blocks = dict(block_q=tile_plan.block_q, block_k=tile_plan.block_k, masked_weight=MASKED_CHUNK_WEIGHT)
+    aligned = aligned_cost(q_cluster_sizes, k_cluster_sizes, cluster_map, **blocks)
+    return jnp.sum(aligned) < jnp.sum(fixed_cost(tile_plan, MASKED_CHUNK_WEIGHT))
 
 
 def svg2_attention(
@@ -438,6 +481,14 @@ def svg2_attention(
         interpret=interpret,
     )
     out = apply_svg2_plan(
-        q, k, v, plan, text=text, sm_scale=sm_scale, implementation=implementation, interpret=interpret
+        q,
+        k,
+        v,
+        plan,
+        text=text,
+        sm_scale=sm_scale,
+        query_tiles=config.query_tiles,
+        implementation=implementation,
+        interpret=interpret,
     )
     return out, new_cache, stats

@@ -188,6 +188,7 @@ def _resolve(**overrides):
         "k_clusters",
         "top_p",
         "min_k_token_ratio",
+        "query_tiles",
         "negative_embeds",
         "image_inputs",
         "init_latents",
@@ -207,6 +208,10 @@ def test_presets_fill_the_official_settings():
     assert _resolve(attention="svg1", steps=30, dense_steps=0).attention.dense_steps == 0
     floor = _resolve(attention="svg2", top_p=1e-6, min_k_token_ratio=0.13).attention.svg2
     assert (floor.top_p, floor.min_k_token_ratio, floor.num_k_clusters) == (1e-6, 0.13, 1000)
+    assert _resolve(attention="svg2", query_tiles="aligned").attention.svg2.query_tiles == "aligned"
+    assert _resolve(attention="svg2").attention.svg2.query_tiles == "auto"
+    with pytest.raises(generate_module.GenerateError, match="--query-tiles only apply to --attention svg2"):
+        _resolve(attention="svg1", query_tiles="fixed")
     only_svg2 = "--min-k-token-ratio only apply to --attention svg2"
     with pytest.raises(generate_module.GenerateError, match=only_svg2):
         _resolve(attention="svg1", min_k_token_ratio=0.13)

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from svg_jax import svg2
 from svg_jax.kmeans import cluster_order
 from svg_jax.layout import TextTokens
-from svg_jax.pallas_kernels import masked_attention_reference, permute_tokens
+from svg_jax.pallas_kernels import cluster_plan_for, masked_attention_reference, permute_tokens
 from svg_jax.svg2 import SVG2Cache, SVG2Config, apply_svg2_plan, svg2_attention, svg2_plan
 from svg_jax.topp import add_text_clusters, cluster_probabilities, top_p_cluster_map
 
@@ -59,7 +59,7 @@ def _element_mask(plan, text, batch: int):
     [
         ("num_q_clusters", 0), ("num_k_clusters", 0), ("num_k_clusters", -3), ("top_p", 0.0),
         ("top_p", 1.5), ("top_p", -0.1), ("min_k_cluster_ratio", 1.2), ("kmeans_init_iters", -1),
-        ("kmeans_warm_iters", -2), ("dense_steps", -1), ("dense_layers", True),
+        ("kmeans_warm_iters", -2), ("dense_steps", -1), ("dense_layers", True), ("query_tiles", "cluster"),
     ],
 )
 def test_bad_config_names_field(field, value):
@@ -227,18 +227,39 @@ def test_pipeline_equals_masked_dense(case):
         np.testing.assert_array_equal(plan.q_cluster_sizes[1, :, -2:], np.broadcast_to([0, 6], (h, 2)))
 
 
+@pytest.mark.parametrize("query_tiles", svg2.QUERY_TILES)
 @pytest.mark.parametrize("case", list(TEXT_CASES))
-def test_pipeline_pallas_interpret_matches_xla(case):
+def test_pipeline_pallas_interpret_matches_xla(case, query_tiles):
     """The kernel path gathers q, k, v straight into padded kernel order (text rows inline, padding rows
-    copied from token 0) and restores the order from the padded output: same result as the oracle path."""
+    copied from token 0) and restores the order from the padded output: same result as the oracle path,
+    with the query tiles cut across clusters, aligned to them, or either by the estimate."""
     text = TEXT_CASES[case]
     b, n, h, d = 2, 37, 2, 16  # 37 rows: padded to whole tiles
     q, k, v = _qkv(3, b, n, h, d)
-    cache = SVG2Cache.create(1, b, h, CFG, d).layer(0)
-    run = jax.jit(lambda impl: svg2_attention(q, k, v, config=CFG, cache=cache, key=jax.random.key(0),
+    cfg = dataclasses.replace(CFG, query_tiles=query_tiles)
+    cache = SVG2Cache.create(1, b, h, cfg, d).layer(0)
+    run = jax.jit(lambda impl: svg2_attention(q, k, v, config=cfg, cache=cache, key=jax.random.key(0),
                                               text=text, implementation=impl, interpret=True)[0],
                   static_argnums=0)
     np.testing.assert_allclose(run("pallas_triton"), run("xla"), atol=1e-5, rtol=1e-5)
+
+
+def test_auto_query_tiles_prefer_aligned_on_unstructured_maps():
+    """"auto" aligns the tiles where neighbouring query clusters select unlike key clusters (a random
+    map: fixed tiles compute unions, masked), not where they select alike (equal rows: no masks)."""
+    rng = np.random.default_rng(0)
+    b, h, n, cq, ck = 1, 2, 4000, 20, 60
+    qs = jnp.asarray(np.full((b, h, cq), n // cq), jnp.int32)
+    ks = jnp.asarray(np.full((b, h, ck), n // ck), jnp.int32).at[..., 0].add(n - (n // ck) * ck)
+    random_map = jnp.asarray(rng.random((b, h, cq, ck)) < 0.3)
+    bands = np.arange(ck) // 20 == (np.arange(cq) // 7)[:, None]  # 3 bands of alike query clusters
+    banded = jnp.asarray(np.broadcast_to(bands, (b, h, cq, ck)))
+    q = jnp.zeros((b, n, h, 128), jnp.bfloat16)
+    choose = {}
+    for name, cmap in (("random", random_map), ("banded", banded)):
+        _, tiles = cluster_plan_for(q, q, qs, ks, cmap, implementation="pallas_mosaic")
+        choose[name] = bool(svg2.prefer_aligned_tiles(tiles, qs, ks, cmap))
+    assert choose == {"random": True, "banded": False}
 
 
 def test_top_p_one_is_dense():

@@ -1,0 +1,154 @@
+"""Query clusters padded to whole tiles (``pallas_kernels.tile_aligned``): the layout, attention on it
+against the oracle, and the work estimates ``query_tiles="auto"`` compares."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from kernel_utils import assert_close, random_problem, random_qkv, require_hopper, tile_plan
+
+from svg_jax.pallas_kernels import cluster_sparse_attention_from_plan, cluster_sparse_attention_reference
+from svg_jax.pallas_kernels.cluster_plan import decode_chunk
+from svg_jax.pallas_kernels.tile_aligned import (
+    align_query_clusters,
+    aligned_cost,
+    aligned_rows,
+    fixed_cost,
+)
+
+
+def _aligned_attention(q, k, v, qs, ks, cmap, *, block_q, block_k, row_align=1, width=None, **kernel):
+    """Attention through the aligned layout, rows restored to the sorted order."""
+    n, m = q.shape[1], k.shape[1]
+    al = align_query_clusters(qs, cmap, num_q=n, block_q=block_q)
+    src = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), al.dst.shape)
+    qa = jnp.take_along_axis(q, jnp.swapaxes(al.source(src), 1, 2)[..., None], axis=1)
+    fixed = tile_plan(
+        qs, ks, cmap, num_q=n, num_k=m, block_q=block_q, block_k=block_k, row_align=row_align, width=width
+    )
+    plan = fixed.retiled(al.sizes, al.cluster_map, num_q=al.rows)
+    out = cluster_sparse_attention_from_plan(qa, k, v, plan, **kernel)
+    return jnp.take_along_axis(out, jnp.swapaxes(al.dst, 1, 2)[..., None], axis=1), al, plan
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    seed=st.integers(0, 10**6), n=st.integers(1, 300), cq=st.integers(1, 12), bq=st.sampled_from([8, 16, 32])
+)
+def test_layout(seed, n, cq, bq):
+    qs, _, cmap = random_problem(seed, 2, n, 4, 2, cq, 3, 0.5, zero_frac=0.3)
+    al = align_query_clusters(qs, cmap, num_q=n, block_q=bq)
+    assert al.rows == aligned_rows(n, cq, bq) and al.rows % bq == 0
+    sizes, dst = np.asarray(al.sizes), np.asarray(al.dst)
+    qs = np.asarray(qs)
+    np.testing.assert_array_equal(sizes[..., :-1], -(-qs // bq) * bq)
+    assert (sizes[..., -1] >= 0).all() and (sizes.sum(-1) == al.rows).all()
+    np.testing.assert_array_equal(np.asarray(al.cluster_map)[..., :-1, :], cmap)
+    assert not np.asarray(al.cluster_map)[..., -1, :].any()  # the slack cluster selects nothing
+    starts, astarts = np.cumsum(qs, -1) - qs, np.cumsum(sizes[..., :-1], -1) - sizes[..., :-1]
+    for bi in range(2):
+        for hi in range(2):
+            for c in range(cq):  # cluster c's rows keep their order, from its aligned first row
+                rows = np.arange(starts[bi, hi, c], starts[bi, hi, c] + qs[bi, hi, c])
+                np.testing.assert_array_equal(
+                    dst[bi, hi, rows], astarts[bi, hi, c] + rows - starts[bi, hi, c]
+                )
+    # source() puts each sorted row's token at its aligned row (padding: token 0); restore() reads it back.
+    src = jnp.asarray(np.random.default_rng(seed).permutation(n), jnp.int32)
+    src = jnp.broadcast_to(src, dst.shape)
+    full = np.asarray(al.source(src))
+    np.testing.assert_array_equal(np.take_along_axis(full, dst, -1), src)
+    unused = np.ones(full.shape, bool)
+    np.put_along_axis(unused, dst, False, -1)
+    assert (full[unused] == 0).all()
+    inv = jnp.argsort(src, axis=-1).astype(jnp.int32)  # each token's sorted row
+    np.testing.assert_array_equal(
+        np.take_along_axis(full, np.asarray(al.restore(inv)), -1), np.broadcast_to(np.arange(n), dst.shape)
+    )
+
+
+@pytest.mark.parametrize(
+    "seed, n, m, cq, ck, density",
+    [(0, 150, 130, 5, 9, 0.4), (1, 97, 200, 7, 4, 0.7), (2, 64, 64, 3, 3, 0.0), (3, 200, 90, 11, 6, 1.0)],
+)
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_attention_on_aligned_layout_equals_oracle(seed, n, m, cq, ck, density, dtype):
+    """Every tile holds one query cluster (padding rows included); empty clusters, an empty map and a
+    full one. Restored rows equal the oracle on the unaligned layout."""
+    b, h, d = 1, 2, 32
+    q, k, v = random_qkv(seed, b, n, m, h, d, dtype)
+    qs, ks, cmap = random_problem(seed + 10, b, n, m, h, cq, ck, density)
+    out, al, plan = _aligned_attention(
+        q, k, v, qs, ks, cmap, block_q=16, block_k=16, implementation="pallas_triton", interpret=True
+    )
+    ref = cluster_sparse_attention_reference(q, k, v, qs, ks, cmap)
+    assert_close(out, ref, dtype)
+    _, _, uniform = decode_chunk(plan.chunk_codes)
+    listed = np.arange(plan.width) < np.asarray(plan.chunk_counts)[..., None]
+    assert np.asarray(uniform)[listed].all()  # no tile spans two query clusters: no element masks
+
+
+def test_fixed_cost_counts_masked_chunks():
+    qs, ks, cmap = random_problem(4, 1, 300, 280, 2, 9, 25, 0.5)
+    opts = dict(num_q=300, num_k=280, block_q=32, block_k=16, row_align=8)
+    full = tile_plan(qs, ks, cmap, **opts)
+    lead, valid, uniform = (np.asarray(x) for x in decode_chunk(full.chunk_codes))
+    listed = np.arange(full.width) < np.asarray(full.chunk_counts)[..., None]
+    takes_mask = listed & ((lead > 0) | (valid < 16) | (uniform == 0))
+    chunks = np.asarray(full.chunk_counts).sum(-1)
+    masked = takes_mask.sum((-2, -1))
+    assert 0 < masked.sum() < chunks.sum()
+    np.testing.assert_allclose(fixed_cost(full, 0.0), chunks)
+    np.testing.assert_allclose(fixed_cost(full, 0.5), chunks + 0.5 * masked, rtol=1e-6)
+    # A narrow plan sees the first `width` chunks of each tile; their masked share stands for the rest.
+    width = int(np.asarray(full.chunk_counts).max()) // 2
+    narrow = tile_plan(qs, ks, cmap, width=width, **opts)
+    seen = np.minimum(np.asarray(full.chunk_counts), width)
+    masked_seen = ((np.arange(width) < seen[..., None]) & takes_mask[..., :width]).sum((-2, -1))
+    expect = chunks * (1 + masked_seen / seen.sum(-1))
+    np.testing.assert_allclose(fixed_cost(narrow, 1.0), expect, rtol=1e-6)
+
+
+@pytest.mark.parametrize("seed, density", [(0, 0.1), (1, 0.3), (2, 0.6)])
+def test_aligned_cost_estimates_the_aligned_plan(seed, density):
+    """The estimate (run tails as half a chunk, two masked edge chunks per run) is close to the aligned
+    plan's true chunks and masked chunks, i.e. to ``fixed_cost`` of that plan."""
+    n = m = 3000
+    qs, ks, cmap = random_problem(seed, 1, n, m, 2, 24, 80, density, zero_frac=0.0)
+    al = align_query_clusters(qs, cmap, num_q=n, block_q=64)
+    opts = dict(num_q=al.rows, num_k=m, block_q=64, block_k=32, row_align=8)
+    plan = tile_plan(al.sizes, ks, al.cluster_map, **opts)
+    for weight in (0.0, 0.6):
+        est = aligned_cost(qs, ks, cmap, block_q=64, block_k=32, masked_weight=weight)
+        np.testing.assert_allclose(est, fixed_cost(plan, weight), rtol=0.15)
+
+
+def test_retiled_is_the_plan_built_for_those_clusters():
+    qs, ks, cmap = random_problem(5, 1, 200, 150, 2, 6, 10, 0.5)
+    opts = dict(num_k=150, block_q=16, block_k=16, row_align=8)
+    fixed = tile_plan(qs, ks, cmap, num_q=200, width=40, **opts)
+    al = align_query_clusters(qs, cmap, num_q=200, block_q=16)
+    again = jax.jit(lambda p, s, c: p.retiled(s, c, num_q=al.rows))(fixed, al.sizes, al.cluster_map)
+    direct = tile_plan(al.sizes, ks, al.cluster_map, num_q=al.rows, width=40, **opts)
+    for name, x in vars(direct).items():
+        np.testing.assert_array_equal(getattr(again, name), x, err_msg=name)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("n, cq", [(3000, 20), (2049, 7)])
+def test_gpu_mosaic_on_aligned_layout(n, cq):
+    require_hopper()
+    b, m, h, d = 1, 2900, 2, 128
+    q, k, v = random_qkv(7, b, n, m, h, d, jnp.bfloat16)
+    qs, ks, cmap = random_problem(8, b, n, m, h, cq, 40, 0.3)
+    out, _, _ = jax.jit(
+        functools.partial(
+            _aligned_attention, block_q=128, block_k=64, row_align=8, implementation="pallas_mosaic"
+        )
+    )(q, k, v, qs, ks, cmap)
+    ref = cluster_sparse_attention_reference(q, k, v, qs, ks, cmap)
+    assert_close(out, ref, jnp.bfloat16)
