@@ -37,7 +37,8 @@ KMEANS_TOL = 1e-4
 QUERY_TILES = ("auto", "fixed", "aligned")
 # What a chunk that takes a mask (a run's edge or a mixed chunk) costs the Mosaic kernel beyond one that
 # does not, in unmasked chunks: about 12.0 against 7.5 us per thousand chunks at Wan 720p on the H100
-# (benchmarks/query_tiles.py). query_tiles="auto" weighs masked chunks by it.
+# (benchmarks/query_tiles.py). query_tiles="auto" weighs masked chunks by it (the Triton kernel's masked
+# chunks were not measured apart; it uses the same weight).
 MASKED_CHUNK_WEIGHT = 0.6
 
 

@@ -244,6 +244,14 @@ def test_pipeline_pallas_interpret_matches_xla(case, query_tiles):
     np.testing.assert_allclose(run("pallas_triton"), run("xla"), atol=1e-5, rtol=1e-5)
 
 
+def test_apply_plan_rejects_unknown_query_tiles():
+    q, k, v = _qkv(5, 1, 16, 1, 8)
+    cache = SVG2Cache.create(1, 1, 1, CFG, 8).layer(0)
+    plan = svg2_plan(q, k, config=CFG, cache=cache, key=jax.random.key(0))[0]
+    with pytest.raises(ValueError, match="query_tiles must be one of"):
+        apply_svg2_plan(q, k, v, plan, query_tiles="cluster")
+
+
 def test_auto_query_tiles_prefer_aligned_on_unstructured_maps():
     """"auto" aligns the tiles where neighbouring query clusters select unlike key clusters (a random
     map: fixed tiles compute unions, masked), not where they select alike (equal rows: no masks)."""

@@ -152,3 +152,9 @@ def test_gpu_mosaic_on_aligned_layout(n, cq):
     )(q, k, v, qs, ks, cmap)
     ref = cluster_sparse_attention_reference(q, k, v, qs, ks, cmap)
     assert_close(out, ref, jnp.bfloat16)
+
+
+def test_bad_block_q():
+    qs, _, cmap = random_problem(0, 1, 40, 40, 1, 3, 3, 0.5)
+    with pytest.raises(ValueError, match="block_q must be >= 1"):
+        align_query_clusters(qs, cmap, num_q=40, block_q=0)
