@@ -73,6 +73,7 @@ COLUMNS = [
     "setting",
     "step_ms",
     "density_sparse_layers",
+    "aligned_tiles_share",
     "step_speedup",
     "projected_50_step_s",
     "projected_speedup",
@@ -152,6 +153,12 @@ def time_steps(model, inputs, attention: AttentionConfig, steps: int, shift: flo
     sparse_layers = ~jnp.asarray(result.stats.dense)[1:]  # [S-1, P, L]
     layer_density = density[1:].mean(axis=(-1, -2))  # [S-1, P, L]
     n_sparse = int(sparse_layers.sum())
+    aligned = result.stats.aligned_tiles  # SVG2: [S, P, L], the query tiling each layer ran
+    aligned_share = (
+        float((jnp.asarray(aligned)[1:] & sparse_layers).sum() / n_sparse)
+        if aligned is not None and n_sparse
+        else None
+    )
     return {
         "step_ms": statistics.median(step_ms),
         "step_ms_all": step_ms,
@@ -160,6 +167,7 @@ def time_steps(model, inputs, attention: AttentionConfig, steps: int, shift: flo
         "density_sparse_layers": float((layer_density * sparse_layers).sum() / n_sparse)
         if n_sparse
         else None,
+        "aligned_tiles_share": aligned_share,  # of the sparse layers after step 0 (SVG2 only)
     }
 
 

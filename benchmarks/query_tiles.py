@@ -9,11 +9,13 @@ At B1 H40 N75600 D128 bf16 (Wan 720p), 300 × 1000 clusters, for each problem:
 * ``svg2``: the SVG2 preset's own plan on Gaussian-mixture tokens (structured, seriated).
 
 Each is run with the fixed 128-row tiles of the chunk plan and with every query cluster padded to whole
-tiles (:mod:`svg_jax.pallas_kernels.tile_aligned`). Reported: the attention kernel's GPU time (profiled,
-median of ``--rounds``), the plan's chunks, its mixed chunks and all chunks that take a mask (edges too),
-the work ``query_tiles="auto"`` compares (:func:`fixed_cost` of the fixed plan, :func:`aligned_cost`'s
-estimate of the aligned one) and which it picks, and the aligned output against the fixed one (relative
-error over the real rows). The times per thousand chunks calibrate ``svg2.MASKED_CHUNK_WEIGHT``.
+tiles (:mod:`svg_jax.pallas_kernels.tile_aligned`), the latter with the general cluster mask
+(``aligned``, the default) and with the edge-only mask such plans allow (``aligned, edge mask``:
+``edge_only=True``, whose output must equal the default's bit for bit). Reported: the attention
+kernel's GPU time (profiled, median of ``--rounds``), the plan's chunks, its mixed chunks and all chunks
+that take a mask (edges too), the work ``query_tiles="auto"`` compares (:func:`fixed_cost` of the fixed
+plan, :func:`aligned_cost`'s estimate of the aligned one) and which it picks, and the aligned output
+against the fixed one (relative error over the real rows). The times per thousand chunks calibrate ``svg2.MASKED_CHUNK_WEIGHT``.
 """
 
 import argparse
@@ -33,8 +35,11 @@ from mosaic_steps import B, D, H, N, gaussian_qkv, kernel_ms, svg2_sorted  # noq
 
 from svg_jax.pallas_kernels import cluster_sparse_attention_from_plan, cluster_tile_plan  # noqa: E402
 from svg_jax.pallas_kernels.cluster_plan import decode_chunk  # noqa: E402
-from svg_jax.pallas_kernels.cluster_sparse_attn_mosaic import needs_mask  # noqa: E402
-from svg_jax.pallas_kernels.tile_aligned import align_query_clusters, aligned_cost, fixed_cost  # noqa: E402
+from svg_jax.pallas_kernels.cluster_sparse_attn_mosaic import (  # noqa: E402
+    cluster_sparse_attention_mosaic,
+    needs_mask,
+)
+from svg_jax.pallas_kernels.tile_aligned import align_plan, aligned_cost, fixed_cost  # noqa: E402
 from svg_jax.svg2 import MASKED_CHUNK_WEIGHT  # noqa: E402
 
 BQ, BK, ALIGN = 128, 64, 8
@@ -62,28 +67,31 @@ def run_problem(name, problem, dense_ms, rounds) -> list[dict]:
     (q, k, v), qs, kc, cmap = problem
     build = functools.partial(cluster_tile_plan, num_k=N, block_q=BQ, block_k=BK, row_align=ALIGN)
     fixed = jax.jit(functools.partial(build, num_q=N))(qs, kc, cmap)
-    al = jax.jit(functools.partial(align_query_clusters, num_q=N, block_q=BQ))(qs, cmap)
-    aligned = jax.jit(functools.partial(build, num_q=al.rows))(al.sizes, kc, al.cluster_map)
+    al, aligned = jax.jit(functools.partial(align_plan, num_q=N))(fixed, qs, cmap)
     src = jnp.broadcast_to(jnp.arange(N, dtype=jnp.int32), (B, H, N))
     idx = jnp.swapaxes(al.source(src), 1, 2)[..., None]
     qa = jnp.take_along_axis(q, idx, axis=1)  # [B, rows, H, D]
     attn = jax.jit(
         lambda q, k, v, p: cluster_sparse_attention_from_plan(q, k, v, p, implementation="pallas_mosaic")
     )
+    edge = jax.jit(functools.partial(cluster_sparse_attention_mosaic, sm_scale=D**-0.5, edge_only=True))
     out_f = attn(q, k, v, fixed)
     out_a = attn(qa, k, v, aligned)
+    out_e = edge(qa, k, v, aligned)
     back = jnp.take_along_axis(out_a, jnp.swapaxes(al.dst, 1, 2)[..., None], axis=1)
     err = rel_error(back.astype(jnp.float32), np.asarray(out_f.astype(jnp.float32)))
-    times = {"fixed": [], "aligned": []}
+    same = bool(jnp.array_equal(out_a, out_e))  # the edge mask must give the general mask's bits
+    times = {"fixed": [], "aligned": [], "aligned, edge mask": []}
     for _ in range(rounds):
         times["fixed"].append(kernel_ms(attn, q, k, v, fixed))
         times["aligned"].append(kernel_ms(attn, qa, k, v, aligned))
+        times["aligned, edge mask"].append(kernel_ms(edge, qa, k, v, aligned))
     useful = float(jnp.sum(qs[..., :, None].astype(jnp.float32) * kc[..., None, :] * cmap))
     w = MASKED_CHUNK_WEIGHT
     est_a = float(jnp.sum(aligned_cost(qs, kc, cmap, block_q=BQ, block_k=BK, masked_weight=w)))
     est_f = float(jnp.sum(fixed_cost(fixed, w)))
     rows = []
-    for tiling, plan in (("fixed", fixed), ("aligned", aligned)):
+    for tiling, plan in (("fixed", fixed), ("aligned", aligned), ("aligned, edge mask", aligned)):
         chunks = int(jnp.sum(plan.chunk_counts))
         ms = statistics.median(times[tiling])
         rows.append(
@@ -99,10 +107,11 @@ def run_problem(name, problem, dense_ms, rounds) -> list[dict]:
                 "computed_over_useful": chunks * BK * BQ / useful,
                 "us_per_kchunk": ms * 1e3 / (chunks / 1e3),
                 "masked_chunks_any": int(jnp.sum(needs_mask(plan))),
-                "cost": est_a if tiling == "aligned" else est_f,  # what query_tiles="auto" compares
+                "cost": est_f if tiling == "fixed" else est_a,  # what query_tiles="auto" compares
                 "cost_of_built_plan": float(jnp.sum(fixed_cost(plan, w))),
-                "auto_picks": tiling == ("aligned" if est_a < est_f else "fixed"),
-                "rel_err_vs_fixed": err if tiling == "aligned" else 0.0,
+                "auto_picks": (tiling == "fixed") == (est_a >= est_f),
+                "rel_err_vs_fixed": 0.0 if tiling == "fixed" else err,
+                "edge_mask_bitwise_equal": same if tiling != "fixed" else None,
             }
         )
     return rows
@@ -123,7 +132,8 @@ def main(argv=None) -> int:
     if not args.no_svg2:
         rows += run_problem("svg2", svg2_problem(key), dense["median_ms"], args.rounds)
     cols = ["problem", "tiling", "ms", "ideal_ms", "chunks", "masked_chunks", "computed_over_useful"]
-    print_table(rows, cols + ["masked_chunks_any", "us_per_kchunk", "cost", "auto_picks", "rel_err_vs_fixed"])
+    more = ["masked_chunks_any", "us_per_kchunk", "cost", "auto_picks", "rel_err_vs_fixed"]
+    print_table(rows, cols + more + ["edge_mask_bitwise_equal"])
     write_report(args.out, "query_tiles", argv, dense_ms=dense, rows=rows)
     return 0
 

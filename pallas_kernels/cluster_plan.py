@@ -62,6 +62,9 @@ class ClusterTilePlan:
       q_bounds: int32 ``[B, H, Cq+2]`` first row of each query cluster, then ``N`` (where the sentinel
         cluster starts) and the padded length ``nqt·block_q``.
       k_bounds: int32 ``[B, H, Ck+2]`` the same for key clusters: ``M`` then ``Mk``.
+      one_cluster_tiles: (static) every query tile lies in one query cluster, so no chunk is mixed and
+        the Mosaic kernel may mask only run edges (:func:`~.tile_aligned.align_plan` sets it; set on any
+        other plan, that mask would leave mixed chunks unmasked).
     """
 
     q_labels: Int[Array, "B H Nq"]
@@ -78,6 +81,7 @@ class ClusterTilePlan:
     row_align: int = dataclasses.field(metadata=dict(static=True))
     num_q: int = dataclasses.field(metadata=dict(static=True))  # query rows (before tile padding)
     num_k: int = dataclasses.field(metadata=dict(static=True))  # key rows (before the block_k padding)
+    one_cluster_tiles: bool = dataclasses.field(default=False, metadata=dict(static=True))
 
     def computed_rows(self) -> Int[Array, ""]:
         """Key rows × query tiles the kernel computes (``block_k`` per chunk), for effective FLOP counts."""
@@ -119,7 +123,7 @@ class ClusterTilePlan:
     def widened(self) -> "ClusterTilePlan":
         """The same plan at :attr:`full_width`, rebuilt from this plan's cluster bounds and map."""
         cq, ck = self.cluster_map.shape[-2] - 1, self.cluster_map.shape[-1] - 1
-        return cluster_tile_plan(
+        wide = cluster_tile_plan(
             jnp.diff(self.q_bounds[..., : cq + 1], axis=-1),
             self.k_cluster_sizes(),
             self.cluster_map[..., :cq, :ck] != 0,
@@ -129,6 +133,7 @@ class ClusterTilePlan:
             block_k=self.block_k,
             row_align=self.row_align,
         )
+        return dataclasses.replace(wide, one_cluster_tiles=self.one_cluster_tiles)
 
 
 def with_complete_plan(plan: ClusterTilePlan, run: Callable[[ClusterTilePlan], Any]) -> Any:

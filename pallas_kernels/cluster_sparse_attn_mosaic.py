@@ -60,6 +60,10 @@ ROW_ALIGN = 8  # TMA copies into (8, 64)-tiled shared memory start at a multiple
 # 720p: 37.5 -> 36.2-37.2 ms on the SVG2 plan, 82.0 -> 81.0 ms on random maps (mosaic_steps.py).
 DEFAULT_STAGES = {64: 4, 128: 2}
 FAST_Q, FAST_K = 4, 8  # fast path: <= 4 query clusters per tile x <= 8 key clusters per chunk = 32 bits
+# Whether plans marked one_cluster_tiles run edge_mask by default. Off: written and checked against the
+# general mask's contract on CPU only; it has not yet been compiled or timed on a GPU (issue #7). Turn it
+# on once benchmarks/query_tiles.py shows it bitwise equal to the general mask and faster.
+EDGE_ONLY_DEFAULT = False
 
 
 def check_mosaic_plan(q: jax.Array, plan: ClusterTilePlan) -> None:
@@ -256,6 +260,29 @@ def cluster_mask(
     return TileMask(stage1, stage2, apply)
 
 
+def edge_mask(tables, at, row0, *, block_k: int) -> TileMask:
+    """The mask of a plan whose tiles each lie in one query cluster (``plan.one_cluster_tiles``, the
+    aligned layouts of :mod:`.tile_aligned`): no chunk is mixed, so a chunk that takes a mask is a run's
+    first or last and needs only its columns ``lead <= c < valid``, one 0 / -inf column bias added to the
+    logits. Stage 1 loads the chunk's code alone; there is no stage 2 (no key labels, map words or
+    branches). ``tables`` start with the chunk starts and codes."""
+    del row0
+    _, codes = tables[:2]
+    b, h, t = at
+    width = codes.shape[-1]
+
+    def stage1(j):
+        return codes[b, h, t, jnp.minimum(j, width - 1)]
+
+    def apply(code, _, s):
+        lead, valid, _ = decode_chunk(code)
+        cols = plgpu.broadcasted_iota(jnp.int32, (block_k,), 0, layout=COL)
+        bias = jnp.where((cols >= lead) & (cols < valid), 0.0, -jnp.inf)
+        return s + lax.broadcast_in_dim(bias, s.shape, [1])
+
+    return TileMask(stage1, lambda j, first: None, apply)
+
+
 def warpgroup_flags(u_lo, u_hi, tile_lo) -> dict:
     """What :func:`mask_passes` needs of a warpgroup whose rows run from query cluster ``u_lo`` to ``u_hi``
     in a tile starting at ``tile_lo`` (elementwise int32): ``rows_fit`` (the tile's clusters up to its last
@@ -307,6 +334,7 @@ def cluster_sparse_attention_mosaic(
     mask_weight: float | None = None,
     overlap: bool | None = None,
     per_warpgroup_mask: bool = True,
+    edge_only: bool | None = None,
     make_mask=None,
 ) -> Float[Array, "B N H D"]:
     """Run the Mosaic kernel on a plan built with ``block_q=128``, ``block_k`` 64 or 128 and ``row_align=8``
@@ -324,9 +352,22 @@ def cluster_sparse_attention_mosaic(
     The chunks that take a mask are walked first (:func:`masked_first`), the rest without the mask's code
     at all (the engine's ``masked_counts``).
 
-    ``make_mask`` replaces the kernel's mask (:func:`cluster_mask`, same signature): an ablation hook for
-    benchmarks, which then compute something else than the plan's attention."""
+    ``edge_only`` (default :data:`EDGE_ONLY_DEFAULT`) runs :func:`edge_mask`, which reads only the chunk
+    starts and codes, instead of :func:`cluster_mask`; it needs a plan marked ``one_cluster_tiles``
+    (:func:`.tile_aligned.align_plan`), where no chunk is mixed (``per_warpgroup_mask`` then does not apply).
+
+    ``make_mask`` replaces the kernel's mask (:func:`cluster_mask`, same signature and full tables): an
+    ablation hook for benchmarks, which then compute something else than the plan's attention."""
     check_mosaic_plan(q, plan)
+    if edge_only is None:
+        edge_only = EDGE_ONLY_DEFAULT and plan.one_cluster_tiles
+    if edge_only and not plan.one_cluster_tiles:
+        raise ValueError(
+            "edge_only=True needs a plan whose tiles each lie in one query cluster (one_cluster_tiles, from "
+            "tile_aligned.align_plan); this plan's tiles may span query clusters: pass edge_only=False"
+        )
+    if edge_only and make_mask is not None:
+        raise ValueError("pass edge_only=True or make_mask, not both")
     plan, masked_counts = masked_first(plan)
     n = q.shape[1]
     bk = plan.block_k
@@ -335,18 +376,22 @@ def cluster_sparse_attention_mosaic(
     qp = pad_axis(q, 1, nqt * CTA_ROWS)  # no copy when the caller laid q out padded
     mk_pad = -(-mk // ROW_ALIGN) * ROW_ALIGN  # TMA wants whole 8-row tiles in the global array too
     kp, vp = pad_axis(k, 1, mk_pad), pad_axis(v, 1, mk_pad)
-    ck = plan.cluster_map.shape[3] - 1  # the sentinel key cluster
-    bitset = map_bitset(plan.cluster_map)
-    tables = (
-        plan.chunk_starts,
-        plan.chunk_codes,
-        plan.chunk_counts,
-        plan.chunk_kfirst,
-        plan.q_labels,  # rows of nqt·128: vector loads stay aligned
-        jnp.pad(plan.k_labels, ((0, 0), (0, 0), (0, mk_pad - mk)), constant_values=ck),  # aligned rows too
-        bitset,
-        chunk_words(plan, bitset),
-    )
+    if edge_only:  # run edges only: the starts and codes suffice
+        tables, make_mask = (plan.chunk_starts, plan.chunk_codes), edge_mask
+    else:
+        ck = plan.cluster_map.shape[3] - 1  # the sentinel key cluster
+        bitset = map_bitset(plan.cluster_map)
+        tables = (
+            plan.chunk_starts,
+            plan.chunk_codes,
+            plan.chunk_counts,
+            plan.chunk_kfirst,
+            plan.q_labels,  # rows of nqt·128: vector loads stay aligned
+            jnp.pad(plan.k_labels, ((0, 0), (0, 0), (0, mk_pad - mk)), constant_values=ck),  # aligned rows
+            bitset,
+            chunk_words(plan, bitset),
+        )
+        make_mask = make_mask or functools.partial(cluster_mask, per_warpgroup=per_warpgroup_mask)
 
     def key_row(tables, at, j):  # a multiple of ROW_ALIGN the compiler can see (TMA into 8-row tiles)
         return lax.div(jnp.clip(tables[0][(*at, j)], 0, mk - bk), ROW_ALIGN) * ROW_ALIGN
@@ -359,9 +404,7 @@ def cluster_sparse_attention_mosaic(
         counts=jnp.clip(plan.chunk_counts, 0, width),
         masked_counts=masked_counts,
         key_row=key_row,
-        make_mask=functools.partial(
-            make_mask or functools.partial(cluster_mask, per_warpgroup=per_warpgroup_mask), block_k=bk
-        ),
+        make_mask=functools.partial(make_mask, block_k=bk),
         block_k=bk,
         sm_scale=sm_scale,
         num_stages=DEFAULT_STAGES[bk] if num_stages is None else num_stages,

@@ -86,6 +86,22 @@ def align_query_clusters(
     return AlignedQueries(jnp.concatenate([padded, slack], axis=-1), cmap, dst, rows)
 
 
+def align_plan(
+    plan: ClusterTilePlan,
+    q_cluster_sizes: Int[Array, "B H Cq"],
+    cluster_map: Bool[Array, "B H Cq Ck"],
+    *,
+    num_q: int,
+) -> tuple[AlignedQueries, ClusterTilePlan]:
+    """The aligned layout of these query clusters at ``plan``'s ``block_q``, and the plan of the same keys,
+    blocks and list width over it (:meth:`~.cluster_plan.ClusterTilePlan.retiled`), marked
+    ``one_cluster_tiles``: the Mosaic kernel may then mask only run edges (no key labels, map words or mask
+    branches; ``edge_only`` of :func:`~.cluster_sparse_attn_mosaic.cluster_sparse_attention_mosaic`)."""
+    al = align_query_clusters(q_cluster_sizes, cluster_map, num_q=num_q, block_q=plan.block_q)
+    tiles = plan.retiled(al.sizes, al.cluster_map, num_q=al.rows)
+    return al, dataclasses.replace(tiles, one_cluster_tiles=True)
+
+
 def fixed_cost(plan: ClusterTilePlan, masked_weight: float) -> Float[Array, "B H"]:
     """Work of a plan in unmasked-chunk units: each chunk 1, each chunk that takes a mask (a run's edge
     chunk or a mixed one: :func:`~.cluster_sparse_attn_mosaic.needs_mask`) ``masked_weight`` more. A

@@ -124,8 +124,9 @@ class AttentionState:
 class AttentionStats:
     """Per-layer diagnostics; the model's scan stacks them, so every field gains a leading ``L`` axis.
 
-    Dense layers report ``dense=True``, ``density=1``, ``head_choice=-1``, ``estimated_recall=1`` and 0
-    k-means iterations. Method-specific fields are None for other methods (the same in both branches).
+    Dense layers report ``dense=True``, ``density=1``, ``head_choice=-1``, ``estimated_recall=1``, 0
+    k-means iterations and ``aligned_tiles=False``. Method-specific fields are None for other methods (the
+    same in both branches).
     """
 
     dense: Bool[Array, "*L"]  # this layer ran dense attention
@@ -134,6 +135,7 @@ class AttentionStats:
     estimated_recall: Float[Array, "*L B H"] | None = None  # SVG2: centroid-estimated mass kept
     q_kmeans_iters: Int[Array, "*L"] | None = None  # SVG2: Lloyd iterations on Q (0 when dense)
     k_kmeans_iters: Int[Array, "*L"] | None = None  # SVG2: Lloyd iterations on K
+    aligned_tiles: Bool[Array, "*L"] | None = None  # SVG2: query tiles aligned to clusters (False when dense)
 
 
 @runtime_checkable  # beartype/jaxtyping check only that it is callable
@@ -218,7 +220,13 @@ def _dense_stats(config: AttentionConfig, b: int, h: int) -> AttentionStats:
         stats = dataclasses.replace(stats, head_choice=jnp.full((b, h), -1, jnp.int32))
     elif config.method == "svg2":
         zero = jnp.zeros((), jnp.int32)
-        stats = dataclasses.replace(stats, estimated_recall=ones, q_kmeans_iters=zero, k_kmeans_iters=zero)
+        stats = dataclasses.replace(
+            stats,
+            estimated_recall=ones,
+            q_kmeans_iters=zero,
+            k_kmeans_iters=zero,
+            aligned_tiles=jnp.zeros((), jnp.bool_),
+        )
     return stats
 
 
@@ -299,6 +307,7 @@ def make_attn_fn(
             estimated_recall=s2.estimated_recall.astype(jnp.float32),
             q_kmeans_iters=s2.q_kmeans_iters.astype(jnp.int32),
             k_kmeans_iters=s2.k_kmeans_iters.astype(jnp.int32),
+            aligned_tiles=s2.aligned_tiles,
         )
         return out.astype(q.dtype), dataclasses.replace(state, svg2=cache), stats
 

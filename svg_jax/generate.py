@@ -313,6 +313,8 @@ def _step_records(result: SamplingResult, times: list[float], num_steps: int) ->
             }
             if stats.estimated_recall is not None:
                 entry["estimated_recall"] = float(stats.estimated_recall[i, :, layer].mean())
+            if stats.aligned_tiles is not None:  # SVG2: the query tiling the layer ran (per CFG pass)
+                entry["aligned_tiles"] = stats.aligned_tiles[i, :, layer].tolist()
             if stats.head_choice is not None:
                 choice = stats.head_choice[i, :, layer]
                 entry["temporal_heads"] = int((choice == 1).sum())

@@ -29,7 +29,7 @@ from svg_jax.pallas_kernels import (
     padded_rows,
     permute_tokens,
 )
-from svg_jax.pallas_kernels.tile_aligned import align_query_clusters, aligned_cost, fixed_cost
+from svg_jax.pallas_kernels.tile_aligned import align_plan, aligned_cost, fixed_cost
 from svg_jax.topp import add_text_clusters, cluster_probabilities, selected_mass, top_p_cluster_map
 
 # flash-kmeans as vendored by SVG2 stops when no centroid moves by more than this (L2).
@@ -219,6 +219,9 @@ class SVG2Stats:
     estimated_recall: Float[Array, "B H"]  # centroid-estimated attention mass kept, query-size weighted
     q_kmeans_iters: Int[Array, ""]  # Lloyd iterations run on Q
     k_kmeans_iters: Int[Array, ""]
+    # Whether the attention ran on query tiles aligned to query clusters (SVG2Config.query_tiles; what
+    # "auto" picked). None from svg2_plan, which does not run the attention.
+    aligned_tiles: Bool[Array, ""] | None = None
 
 
 def _split_text(x: Float[Array, "B N H D"], text: TextTokens | None):
@@ -396,6 +399,24 @@ def apply_svg2_plan(
     ``query_tiles`` (:attr:`SVG2Config.query_tiles`) picks how the query rows are tiled: ``"auto"``
     compiles both tilings and runs the one the chunk plan estimates cheaper (``lax.cond``).
     """
+    out, _ = _apply_svg2_plan(
+        q,
+        k,
+        v,
+        plan,
+        text=text,
+        sm_scale=sm_scale,
+        query_tiles=query_tiles,
+        implementation=implementation,
+        interpret=interpret,
+    )
+    return out
+
+
+def _apply_svg2_plan(
+    q, k, v, plan: SVG2Plan, *, text, sm_scale, query_tiles: str, implementation: str, interpret
+) -> tuple[Float[Array, "B N H D"], Bool[Array, ""]]:
+    """:func:`apply_svg2_plan`, and whether it ran the aligned tiling."""
     if query_tiles not in QUERY_TILES:
         raise ValueError(f"query_tiles must be one of {QUERY_TILES}; got {query_tiles!r}")
     n = q.shape[1]
@@ -422,16 +443,16 @@ def apply_svg2_plan(
         return attend(q_src, tile_plan, inverse_permutation(q_src[..., :n]))
 
     def aligned(_):
-        al = align_query_clusters(plan.q_cluster_sizes, plan.cluster_map, num_q=n, block_q=tile_plan.block_q)
+        al, tiles = align_plan(tile_plan, plan.q_cluster_sizes, plan.cluster_map, num_q=n)
         q_src = _kernel_order(plan.q_perm, text, n, n)
-        tiles = tile_plan.retiled(al.sizes, al.cluster_map, num_q=al.rows)
         return attend(al.source(q_src), tiles, al.restore(inverse_permutation(q_src)))
 
     if tile_plan is None or query_tiles == "fixed":
-        return fixed(None)
+        return fixed(None), jnp.zeros((), jnp.bool_)
     if query_tiles == "aligned":
-        return aligned(None)
-    return jax.lax.cond(prefer_aligned_tiles(tile_plan, *sizes), aligned, fixed, None)
+        return aligned(None), jnp.ones((), jnp.bool_)
+    pick = prefer_aligned_tiles(tile_plan, *sizes)
+    return jax.lax.cond(pick, aligned, fixed, None), pick
 
 
 def prefer_aligned_tiles(
@@ -481,7 +502,7 @@ def svg2_attention(
         implementation=implementation,
         interpret=interpret,
     )
-    out = apply_svg2_plan(
+    out, aligned = _apply_svg2_plan(
         q,
         k,
         v,
@@ -492,4 +513,4 @@ def svg2_attention(
         implementation=implementation,
         interpret=interpret,
     )
-    return out, new_cache, stats
+    return out, new_cache, dataclasses.replace(stats, aligned_tiles=aligned)

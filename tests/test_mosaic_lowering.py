@@ -82,6 +82,27 @@ def test_cluster_kernel_lowers(block_k, per_step, mask, opts):
 
 
 @pytest.mark.parametrize(
+    "block_k, per_step, overlap", [(64, 1, True), (64, 1, False), (64, 2, False), (128, 1, True)]
+)
+def test_cluster_kernel_edge_mask_lowers(block_k, per_step, overlap):
+    """``edge_only`` on an aligned plan (``tile_aligned.align_plan``): the mask reads only the chunk codes
+    and has no second load stage."""
+    from svg_jax.pallas_kernels.tile_aligned import align_plan
+
+    b, h, n, d = 1, 2, 1000, 128
+    q = jnp.zeros((b, n, h, d), jnp.bfloat16)
+    qs = jnp.full((b, h, 8), n // 8, jnp.int32)
+    ks = jnp.full((b, h, 20), n // 20, jnp.int32)
+    cmap = jax.random.bernoulli(jax.random.key(0), 0.5, (b, h, 8, 20))
+    fixed = cluster_tile_plan(qs, ks, cmap, num_q=n, num_k=n, block_q=128, block_k=block_k, row_align=8)
+    al, plan = align_plan(fixed, qs, cmap, num_q=n)
+    qa = jnp.zeros((b, al.rows, h, d), jnp.bfloat16)
+    opts = dict(sm_scale=d**-0.5, tiles_per_step=per_step, overlap=overlap, edge_only=True)
+    fn = lambda q, k, plan: cluster_sparse_attention_mosaic(q, k, k, plan, **opts)
+    lowered(fn, qa, q, plan)
+
+
+@pytest.mark.parametrize(
     "k, block_k, row_blocks",
     [(300, None, 1), (300, 128, 1), (1000, None, 1), (20, None, 1), (200, 64, 1), (300, None, 2)]
     + [(1000, 40, 2)],

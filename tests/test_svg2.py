@@ -239,9 +239,13 @@ def test_pipeline_pallas_interpret_matches_xla(case, query_tiles):
     cfg = dataclasses.replace(CFG, query_tiles=query_tiles)
     cache = SVG2Cache.create(1, b, h, cfg, d).layer(0)
     run = jax.jit(lambda impl: svg2_attention(q, k, v, config=cfg, cache=cache, key=jax.random.key(0),
-                                              text=text, implementation=impl, interpret=True)[0],
+                                              text=text, implementation=impl, interpret=True),
                   static_argnums=0)
-    np.testing.assert_allclose(run("pallas_triton"), run("xla"), atol=1e-5, rtol=1e-5)
+    (out, _, stats), (ref, _, ref_stats) = run("pallas_triton"), run("xla")
+    np.testing.assert_allclose(out, ref, atol=1e-5, rtol=1e-5)
+    assert not bool(ref_stats.aligned_tiles)  # the oracle path has no tiles
+    if query_tiles != "auto":  # the stats name the tiling that ran
+        assert bool(stats.aligned_tiles) == (query_tiles == "aligned")
 
 
 def test_apply_plan_rejects_unknown_query_tiles():

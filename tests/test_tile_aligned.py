@@ -14,6 +14,7 @@ from kernel_utils import assert_close, random_problem, random_qkv, require_hoppe
 from svg_jax.pallas_kernels import cluster_sparse_attention_from_plan, cluster_sparse_attention_reference
 from svg_jax.pallas_kernels.cluster_plan import decode_chunk
 from svg_jax.pallas_kernels.tile_aligned import (
+    align_plan,
     align_query_clusters,
     aligned_cost,
     aligned_rows,
@@ -24,13 +25,12 @@ from svg_jax.pallas_kernels.tile_aligned import (
 def _aligned_attention(q, k, v, qs, ks, cmap, *, block_q, block_k, row_align=1, width=None, **kernel):
     """Attention through the aligned layout, rows restored to the sorted order."""
     n, m = q.shape[1], k.shape[1]
-    al = align_query_clusters(qs, cmap, num_q=n, block_q=block_q)
-    src = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), al.dst.shape)
-    qa = jnp.take_along_axis(q, jnp.swapaxes(al.source(src), 1, 2)[..., None], axis=1)
     fixed = tile_plan(
         qs, ks, cmap, num_q=n, num_k=m, block_q=block_q, block_k=block_k, row_align=row_align, width=width
     )
-    plan = fixed.retiled(al.sizes, al.cluster_map, num_q=al.rows)
+    al, plan = align_plan(fixed, qs, cmap, num_q=n)
+    src = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), al.dst.shape)
+    qa = jnp.take_along_axis(q, jnp.swapaxes(al.source(src), 1, 2)[..., None], axis=1)
     out = cluster_sparse_attention_from_plan(qa, k, v, plan, **kernel)
     return jnp.take_along_axis(out, jnp.swapaxes(al.dst, 1, 2)[..., None], axis=1), al, plan
 
@@ -136,6 +136,50 @@ def test_retiled_is_the_plan_built_for_those_clusters():
     direct = tile_plan(al.sizes, ks, al.cluster_map, num_q=al.rows, width=40, **opts)
     for name, x in vars(direct).items():
         np.testing.assert_array_equal(getattr(again, name), x, err_msg=name)
+
+
+def test_align_plan_marks_the_retiled_plan():
+    """``align_plan`` is ``retiled`` over ``align_query_clusters`` at the plan's block_q, marked
+    ``one_cluster_tiles``; the mark survives widening a narrow plan and moving masked chunks first."""
+    from svg_jax.pallas_kernels.cluster_sparse_attn_mosaic import masked_first
+
+    qs, ks, cmap = random_problem(6, 1, 200, 150, 2, 6, 10, 0.5)
+    fixed = tile_plan(qs, ks, cmap, num_q=200, num_k=150, block_q=16, block_k=16, row_align=8, width=8)
+    assert not fixed.one_cluster_tiles
+    al, plan = jax.jit(functools.partial(align_plan, num_q=200))(fixed, qs, cmap)
+    ref = align_query_clusters(qs, cmap, num_q=200, block_q=16)
+    np.testing.assert_array_equal(al.dst, ref.dst)
+    again = fixed.retiled(ref.sizes, ref.cluster_map, num_q=ref.rows)
+    for name, x in vars(again).items():
+        if name != "one_cluster_tiles":
+            np.testing.assert_array_equal(getattr(plan, name), x, err_msg=name)
+    assert plan.one_cluster_tiles and plan.widened().one_cluster_tiles
+    assert masked_first(plan)[0].one_cluster_tiles
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("per_step, overlap", [(1, True), (1, False), (2, False)])
+def test_gpu_edge_mask_equals_the_general_mask(per_step, overlap):
+    """On an aligned plan the edge-only mask gives the same bits as the general cluster mask (both add 0
+    or -inf per column), walking one or two chunks per step."""
+    require_hopper()
+    from svg_jax.pallas_kernels import cluster_sparse_attn_mosaic as cm
+
+    b, n, m, h, d = 1, 2500, 2300, 2, 128
+    q, k, v = random_qkv(9, b, n, m, h, d, jnp.bfloat16)
+    qs, ks, cmap = random_problem(10, b, n, m, h, 15, 50, 0.3)
+    fixed = tile_plan(qs, ks, cmap, num_q=n, num_k=m, block_q=128, block_k=64, row_align=8)
+    al, plan = align_plan(fixed, qs, cmap, num_q=n)
+    src = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), al.dst.shape)
+    qa = jnp.take_along_axis(q, jnp.swapaxes(al.source(src), 1, 2)[..., None], axis=1)
+    opts = dict(sm_scale=d**-0.5, tiles_per_step=per_step, overlap=overlap)
+
+    def run(**o):
+        return np.asarray(
+            jax.jit(functools.partial(cm.cluster_sparse_attention_mosaic, **opts, **o))(qa, k, v, plan)
+        )
+
+    np.testing.assert_array_equal(run(), run(make_mask=cm.cluster_mask))
 
 
 @pytest.mark.gpu
