@@ -8,8 +8,10 @@ The Mosaic kernels (``pallas_kernels/mosaic_flash.py``) run one online-softmax u
 64-row tiles (what the cluster kernel walks: short run tails) that update's fixed costs (barriers, row
 max and sum, the accumulator rescale) are paid twice as often as with 128-row tiles.
 ``tiles_per_step=2`` multiplies Q by two tiles per step instead; ``overlap`` issues a step's ``Q Kᵀ``
-with the previous step's ``P V`` and runs the softmax while the latter is in flight. A variant is
-``tiles_per_step,num_stages,overlap`` (``--steps``). Timed here, all at B1 H40 N75600 D128 bf16 (Wan
+with the previous step's ``P V`` and runs the softmax while the latter is in flight; ``fold_scale``
+applies the softmax scale inside the exponent (one fused multiply-add per logit, not a multiply and a
+subtract). A variant is ``tiles_per_step,num_stages,overlap[,fold_scale]`` (``--steps``; fold_scale 0 if
+left out). Timed here, all at B1 H40 N75600 D128 bf16 (Wan
 720p), each variant against the first one's output (relative error):
 
 * ``svg2``: the cluster kernel on the SVG2 preset's seriated plan (Gaussian-mixture tokens, 300 × 1000
@@ -53,8 +55,8 @@ from svg_jax.pallas_kernels.cluster_sparse_attn_mosaic import cluster_sparse_att
 from svg_jax.svg2 import SVG2Cache, svg2_plan  # noqa: E402
 
 B, N, H, D = 1, 75600, 40, 128
-# (tiles_per_step, num_stages, overlap); (1, 4) separates the deeper ring's share
-STEPS = ((1, 2, False), (2, 4, False), (1, 4, False), (1, 2, True))  # overlap takes one tile per step
+# (tiles_per_step, num_stages, overlap, fold_scale); (1, 4) separates the deeper ring's share
+STEPS = ((1, 2, False, False), (2, 4, False, False), (1, 4, False, False), (1, 2, True, False))
 
 
 def kernel_ms(fn, *args) -> float:
@@ -80,6 +82,7 @@ def ab(name, make_fn, args, computed_flops, useful_flops, dense_ms, rounds, step
                 "tiles_per_step": cfg[0],
                 "num_stages": cfg[1],
                 "overlap": cfg[2],
+                "fold_scale": cfg[3],
                 "ms": ms,
                 "loop_ms": statistics.median(loops[cfg]),
                 "loop_samples_ms": loops[cfg],
@@ -96,6 +99,7 @@ def ab(name, make_fn, args, computed_flops, useful_flops, dense_ms, rounds, step
         "tiles_per_step",
         "num_stages",
         "overlap",
+        "fold_scale",
         "ms",
         "loop_ms",
         "eff_tflops",
@@ -105,11 +109,10 @@ def ab(name, make_fn, args, computed_flops, useful_flops, dense_ms, rounds, step
     return rows
 
 
-def cluster_fn(per_step, stages, overlap):
+def cluster_fn(per_step, stages, overlap, fold_scale=False):
     """The cluster kernel taking the plan as an argument (closed over, XLA folds it as a constant: slow)."""
-    return lambda q, k, v, plan: cluster_sparse_attention_mosaic(
-        q, k, v, plan, sm_scale=D**-0.5, num_stages=stages, tiles_per_step=per_step, overlap=overlap
-    )
+    opts = dict(num_stages=stages, tiles_per_step=per_step, overlap=overlap, fold_scale=fold_scale)
+    return lambda q, k, v, plan: cluster_sparse_attention_mosaic(q, k, v, plan, sm_scale=D**-0.5, **opts)
 
 
 def svg2_sorted(key):
@@ -165,7 +168,9 @@ def main(argv=None) -> int:
         args.steps = list(STEPS)
     else:
         args.steps = [tuple(int(x) for x in s.split(",")) for s in args.steps]
-        args.steps = [(a, b, bool(c)) for a, b, c in args.steps]
+        if any(len(s) not in (3, 4) for s in args.steps):
+            p.error("--steps takes tiles_per_step,num_stages,overlap[,fold_scale], e.g. 1,2,1 or 1,2,1,1")
+        args.steps = [(s[0], s[1], bool(s[2]), bool(s[3:] and s[3])) for s in args.steps]
     key = jax.random.key(0)
     dense = time_cudnn_dense(key, B, H, N, D)
     rows = []
@@ -202,7 +207,7 @@ def main(argv=None) -> int:
             idx, cnt = random_block_lists(jax.random.fold_in(key, bk), B, H, nqb, nkb, density)
             computed = float(jnp.sum(cnt)) * 128 * bk * 4 * D
 
-            def make(per_step, stages, overlap, bk=bk, idx=idx, cnt=cnt):
+            def make(per_step, stages, overlap, fold_scale, bk=bk, idx=idx, cnt=cnt):
                 return lambda q, k, v: block_sparse_attention_mosaic(
                     q,
                     k,
@@ -214,6 +219,7 @@ def main(argv=None) -> int:
                     num_stages=stages,
                     tiles_per_step=per_step,
                     overlap=overlap,
+                    fold_scale=fold_scale,
                 )
 
             steps = args.steps if bk == 64 else [s for s in args.steps if s[0] == 1 and s[1] <= 3]

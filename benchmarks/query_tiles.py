@@ -15,7 +15,8 @@ tiles (:mod:`svg_jax.pallas_kernels.tile_aligned`), the latter with the general 
 kernel's GPU time (profiled, median of ``--rounds``), the plan's chunks, its mixed chunks and all chunks
 that take a mask (edges too), the work ``query_tiles="auto"`` compares (:func:`fixed_cost` of the fixed
 plan, :func:`aligned_cost`'s estimate of the aligned one) and which it picks, and the aligned output
-against the fixed one (relative error over the real rows). The times per thousand chunks calibrate ``svg2.MASKED_CHUNK_WEIGHT``.
+against the fixed one (relative error over the real rows). The times per thousand chunks calibrate
+``svg2.MASKED_CHUNK_WEIGHT``.
 """
 
 import argparse

@@ -42,11 +42,13 @@ def block_sparse_attention_mosaic(
     order: str = "head_lpt",
     key_padding: Int[Array, "B 2"] | None = None,
     overlap: bool | None = None,
+    fold_scale: bool = False,
     interpret: bool = False,
 ) -> Float[Array, "B N H D"]:
     """The Mosaic GPU kernel on validated inputs (``block_sparse_attention`` checks them first).
 
-    ``overlap``: the engine's intra-warpgroup pipelining (:func:`.mosaic_flash.sparse_flash_mosaic`).
+    ``overlap`` and ``fold_scale``: the engine's intra-warpgroup pipelining and where it applies the softmax
+    scale (:func:`.mosaic_flash.sparse_flash_mosaic`).
 
     ``interpret=True`` runs Mosaic's GPU simulator on the CPU (slow: tiny shapes only).
     """
@@ -100,6 +102,7 @@ def block_sparse_attention_mosaic(
         num_programs=num_programs,
         order=order,
         overlap=overlap,
+        fold_scale=fold_scale,
         interpret=interpret,
     )
     return out[:, :n]

@@ -335,6 +335,7 @@ def cluster_sparse_attention_mosaic(
     overlap: bool | None = None,
     per_warpgroup_mask: bool = True,
     edge_only: bool | None = None,
+    fold_scale: bool = False,
     make_mask=None,
 ) -> Float[Array, "B N H D"]:
     """Run the Mosaic kernel on a plan built with ``block_q=128``, ``block_k`` 64 or 128 and ``row_align=8``
@@ -345,9 +346,9 @@ def cluster_sparse_attention_mosaic(
     ``order``: the persistent CTAs' work order (:func:`.mosaic_flash.work_order`); with ``mask_weight`` it
     ranks query tiles by their chunk count plus ``mask_weight`` per chunk that takes a mask.
 
-    ``overlap``: the engine's intra-warpgroup pipelining (:func:`.mosaic_flash.sparse_flash_mosaic`).
-    ``per_warpgroup_mask``: :func:`cluster_mask`'s ``per_warpgroup`` (default on; False gives the same
-    bits).
+    ``overlap`` and ``fold_scale``: the engine's intra-warpgroup pipelining and where it applies the softmax
+    scale (:func:`.mosaic_flash.sparse_flash_mosaic`). ``per_warpgroup_mask``: :func:`cluster_mask`'s
+    ``per_warpgroup`` (default on; False gives the same bits).
 
     The chunks that take a mask are walked first (:func:`masked_first`), the rest without the mask's code
     at all (the engine's ``masked_counts``).
@@ -413,6 +414,7 @@ def cluster_sparse_attention_mosaic(
         order=order,
         cost=None if mask_weight is None else tile_cost(plan, mask_weight),
         overlap=overlap,
+        fold_scale=fold_scale,
     )
     return out[:, :n]
 

@@ -111,9 +111,11 @@ def _kernel(
     stages,
     tiles_per_step,
     overlap,
+    fold_scale,
     dtype,
 ):
     key_row, make_mask, split = walk
+    scale = sm_scale * LOG2E  # logits to base 2
     sm, n_programs = lax.axis_index("sm"), lax.axis_size("sm")
     wg = lax.axis_index("wg")
     (qo_smem2, k_smem, v_smem), (k_ready, v_ready, q_ready), (k_free, v_free), schedule = scoped
@@ -182,9 +184,9 @@ def _kernel(
                 for slot, p_ in zip(slots, p16, strict=True):
                     plgpu.wgmma(o_ref, p_, v_smem.at[slot])
 
-            def logits(p, ss, firsts, seconds, masked):  # scaled to base 2 and masked
-                ss = [s * (sm_scale * LOG2E) for s in ss]
-                if masked:
+            def logits(p, ss, firsts, seconds, masked):  # masked; scaled to base 2 unless fold_scale
+                ss = list(ss) if fold_scale else [s * scale for s in ss]
+                if masked:  # (masks are 0 / -inf: the same on scaled or raw logits)
                     ss = [mask.apply(firsts[i], seconds[i], s) for i, s in enumerate(ss)]
                 for i in range(1, per):  # the padding tile past an odd list's end sees nothing (0/1 trips)
                     pad = (p * per + i >= count).astype(jnp.int32)
@@ -192,15 +194,19 @@ def _kernel(
                 return ss
 
             def softmax(ss, m_i, l_i, p_dtype=dtype):  # the online update: new max, rescale, row sums, P
+                # m is kept in base-2 units; with fold_scale the logits are raw and the scale goes to the
+                # row max (max commutes with a positive scale, rounding included) and into exp2's argument,
+                # s·scale − m: one fused multiply-add per logit instead of a multiply and a subtract.
                 m_new = m_i
                 for s in ss:
-                    m_new = jnp.maximum(m_new, s.max(axis=1))
+                    m_new = jnp.maximum(m_new, s.max(axis=1) * scale if fold_scale else s.max(axis=1))
                 if mask is not None:  # a row masked everywhere so far keeps m = -inf: shift by 0 instead
                     m_use = jnp.where(m_new == -jnp.inf, 0.0, m_new)
                 else:
                     m_use = m_new
                 alpha = jnp.exp2(m_i - m_use)
-                ps = [jnp.exp2(s - lax.broadcast_in_dim(m_use, s.shape, [0])) for s in ss]
+                m_b = [lax.broadcast_in_dim(m_use, s.shape, [0]) for s in ss]
+                ps = [jnp.exp2(s * scale - m if fold_scale else s - m) for s, m in zip(ss, m_b, strict=True)]
                 l_i = l_i * alpha
                 for p_ in ps:
                     l_i = l_i + p_.sum(axis=1)
@@ -447,6 +453,7 @@ def sparse_flash_mosaic(
     num_programs: int | None = None,
     cost: jax.Array | None = None,
     overlap: bool | None = None,
+    fold_scale: bool = False,
     interpret: bool = False,
 ) -> jax.Array:
     """Launch on padded operands: q ``[B, nqt·128, H, D]``; k, v ``[B, Mk, H, D]`` with every listed tile
@@ -471,6 +478,11 @@ def sparse_flash_mosaic(
     is rescaled after it lands (the same sum in another order). H200, B1 H40 N75600 D128: the block
     kernel's 128-row tiles at density 0.1–0.3 go from 548–574 to 563–597 effective TFLOP/s; the cluster
     kernel on the SVG2 plan is unchanged (``benchmarks/mosaic_steps.py``).
+
+    ``fold_scale`` applies the softmax scale inside the exponent (``exp2(s·c − m)``, one fused multiply-add
+    per logit, FlashAttention-3's form) and to the row max, instead of scaling every logit first (a multiply
+    per logit). Not the default: it lowers (``tests/test_mosaic_lowering.py``) and is checked against the
+    oracle on the GPU, but has not been timed yet (``mosaic_steps.py --steps 1,2,1,0 1,2,1,1``).
     """
     if tiles_per_step not in TILES_PER_STEP:
         raise ValueError(f"tiles_per_step must be one of {TILES_PER_STEP}; got {tiles_per_step!r}")
@@ -524,6 +536,7 @@ def sparse_flash_mosaic(
                 stages=stages,
                 tiles_per_step=tiles_per_step,
                 overlap=overlap,
+                fold_scale=fold_scale,
                 dtype=q.dtype,
             ),
             (

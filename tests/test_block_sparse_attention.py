@@ -200,6 +200,25 @@ def test_gpu_mosaic_persistent_ring_across_items(order, programs, block_k, stage
     assert float(jnp.abs(out[0, :, 1].astype(jnp.float32)).max()) == 0.0
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("block_k, per_step, overlap", [(64, 1, True), (128, 1, False), (64, 2, False)])
+def test_gpu_mosaic_fold_scale_matches_reference(block_k, per_step, overlap):
+    """The softmax scale applied inside the exponent (``fold_scale``), with ragged keys (the last tile is
+    masked) and empty lists: the oracle's result to bf16 tolerance."""
+    require_hopper()
+    from svg_jax.pallas_kernels.block_sparse_attn_mosaic import block_sparse_attention_mosaic
+
+    b, h, n, m, d = 1, 2, 700, 1000, 128
+    q, k, v = random_qkv(16, b, n, m, h, d, jnp.bfloat16)
+    idx, cnt = random_lists(17, b, h, -(-n // 128), -(-m // block_k), 0.5)
+    cnt = cnt.at[0, 1, 2].set(0)
+    opts = dict(block_k=block_k, tiles_per_step=per_step, overlap=overlap, fold_scale=True)
+    fn = functools.partial(block_sparse_attention_mosaic, sm_scale=d**-0.5, **opts)
+    out = jax.jit(fn)(q, k, v, idx, cnt)
+    ref = block_sparse_attention_reference(q, k, v, idx, cnt, block_q=128, block_k=block_k)
+    assert_close(out, ref, jnp.bfloat16)
+
+
 @pytest.mark.parametrize(
     "dtype, d, block_q, block_k, match",
     [

@@ -289,6 +289,25 @@ def test_gpu_mosaic_persistent_ring_across_items(order, programs, block_k, per_s
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("per_step, overlap", [(1, True), (1, False), (2, False)])
+def test_gpu_mosaic_fold_scale_matches_reference(per_step, overlap):
+    """The softmax scale applied inside the exponent (``fold_scale``): the oracle's result to bf16
+    tolerance, with masked, mixed and empty tiles."""
+    require_hopper()
+    from svg_jax.pallas_kernels.cluster_sparse_attn_mosaic import cluster_sparse_attention_mosaic
+
+    b, h, n, m, d, cq, ck = 1, 2, 1400, 1200, 128, 40, 120
+    q, k, v = random_qkv(28, b, n, m, h, d, jnp.bfloat16)
+    qs, ks, cmap = random_problem(29, b, n, m, h, cq, ck, 0.3)
+    cmap = cmap.at[:, :, :2].set(False)  # rows that see no key: zeros
+    plan = cluster_tile_plan(qs, ks, cmap, num_q=n, num_k=m, block_q=128, block_k=64, row_align=8)
+    opts = dict(sm_scale=d**-0.5, tiles_per_step=per_step, overlap=overlap, fold_scale=True)
+    out = jax.jit(functools.partial(cluster_sparse_attention_mosaic, **opts))(q, k, v, plan)
+    ref = jax.jit(cluster_sparse_attention_reference)(q, k, v, qs, ks, cmap)
+    assert_close(out, ref, jnp.bfloat16)
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize(
     "opts",
     [

@@ -23,17 +23,19 @@ def lowered(fn, *args) -> str:
 
 
 @pytest.mark.parametrize(
-    "block_k, per_step, padded, overlap",
+    "block_k, per_step, padded, overlap, fold",
     [
-        (64, 1, False, False),
-        (64, 2, False, False),
-        (128, 1, False, False),
-        (128, 1, True, False),
-        (128, 1, False, True),
-        (64, 1, True, True),
+        (64, 1, False, False, False),
+        (64, 2, False, False, False),
+        (128, 1, False, False, False),
+        (128, 1, True, False, False),
+        (128, 1, False, True, False),
+        (64, 1, True, True, False),
+        (128, 1, False, True, True),
+        (64, 2, True, False, True),
     ],
 )
-def test_block_kernel_lowers(block_k, per_step, padded, overlap):
+def test_block_kernel_lowers(block_k, per_step, padded, overlap, fold):
     b, h, n, d = 1, 2, 1000, 128
     q = jnp.zeros((b, n, h, d), jnp.bfloat16)
     nkb = -(-n // block_k)
@@ -41,6 +43,7 @@ def test_block_kernel_lowers(block_k, per_step, padded, overlap):
     cnt = jnp.full((b, h, 8), 3, jnp.int32)
     pad = jnp.array([[600, 1000]], jnp.int32) if padded else None
     opts = dict(block_k=block_k, sm_scale=d**-0.5, tiles_per_step=per_step, key_padding=pad, overlap=overlap)
+    opts["fold_scale"] = fold
     fn = functools.partial(block_sparse_attention_mosaic, **opts)
     lowered(fn, q, q, q, idx, cnt)
 
@@ -56,6 +59,8 @@ def test_block_kernel_lowers(block_k, per_step, padded, overlap):
         (64, 1, None, dict(overlap=True, per_warpgroup_mask=False)),
         (64, 2, None, dict(per_warpgroup_mask=False)),
         (128, 1, None, dict(per_warpgroup_mask=False)),
+        (64, 1, None, dict(overlap=True, fold_scale=True)),
+        (64, 2, None, dict(fold_scale=True)),
     ],
     ids=[
         "64",
@@ -66,6 +71,8 @@ def test_block_kernel_lowers(block_k, per_step, padded, overlap):
         "64-overlap-tile-wide",
         "64-two-per-step-tile-wide",
         "128-tile-wide",
+        "64-overlap-fold-scale",
+        "64-two-per-step-fold-scale",
     ],
 )
 def test_cluster_kernel_lowers(block_k, per_step, mask, opts):
