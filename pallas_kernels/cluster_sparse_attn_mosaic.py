@@ -60,9 +60,9 @@ ROW_ALIGN = 8  # TMA copies into (8, 64)-tiled shared memory start at a multiple
 # 720p: 37.5 -> 36.2-37.2 ms on the SVG2 plan, 82.0 -> 81.0 ms on random maps (mosaic_steps.py).
 DEFAULT_STAGES = {64: 4, 128: 2}
 FAST_Q, FAST_K = 4, 8  # fast path: <= 4 query clusters per tile x <= 8 key clusters per chunk = 32 bits
-# Whether plans marked one_cluster_tiles run edge_mask by default. Off: written and checked against the
-# general mask's contract on CPU only; it has not yet been compiled or timed on a GPU (issue #7). Turn it
-# on once benchmarks/query_tiles.py shows it bitwise equal to the general mask and faster.
+# Whether plans marked one_cluster_tiles run edge_mask by default. Off: it lowers for sm90 on the CPU
+# (tests/test_mosaic_lowering.py), but it has not yet run on a GPU (issue #7). Turn it on once its GPU test
+# and benchmarks/query_tiles.py show it bitwise equal to the general mask, and faster.
 EDGE_ONLY_DEFAULT = False
 
 

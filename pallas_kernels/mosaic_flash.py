@@ -481,8 +481,9 @@ def sparse_flash_mosaic(
 
     ``fold_scale`` applies the softmax scale inside the exponent (``exp2(s·c − m)``, one fused multiply-add
     per logit, FlashAttention-3's form) and to the row max, instead of scaling every logit first (a multiply
-    per logit). Not the default: it lowers (``tests/test_mosaic_lowering.py``) and is checked against the
-    oracle on the GPU, but has not been timed yet (``mosaic_steps.py --steps 1,2,1,0 1,2,1,1``).
+    per logit). Not the default: it lowers for sm90 on the CPU (``tests/test_mosaic_lowering.py``), but its
+    GPU tests against the oracles have not run yet, nor has it been timed (``mosaic_steps.py --steps 1,2,1,0
+    1,2,1,1``; ``benchmarks/open_measurements.sh``).
     """
     if tiles_per_step not in TILES_PER_STEP:
         raise ValueError(f"tiles_per_step must be one of {TILES_PER_STEP}; got {tiles_per_step!r}")
