@@ -48,6 +48,16 @@ def test_block_kernel_lowers(block_k, per_step, padded, overlap, fold):
     lowered(fn, q, q, q, idx, cnt)
 
 
+def _cluster_problem(block_k, b=1, h=2, n=1000, d=128):
+    """Zero q [B, N, H, D], 8 x 20 equal clusters on a random map, and the Mosaic kernel's plan."""
+    q = jnp.zeros((b, n, h, d), jnp.bfloat16)
+    qs = jnp.full((b, h, 8), n // 8, jnp.int32)
+    ks = jnp.full((b, h, 20), n // 20, jnp.int32)
+    cmap = jax.random.bernoulli(jax.random.key(0), 0.5, (b, h, 8, 20))
+    plan = cluster_tile_plan(qs, ks, cmap, num_q=n, num_k=n, block_q=128, block_k=block_k, row_align=8)
+    return q, qs, cmap, plan
+
+
 @pytest.mark.parametrize(
     "block_k, per_step, mask, opts",
     [
@@ -76,12 +86,8 @@ def test_block_kernel_lowers(block_k, per_step, padded, overlap, fold):
     ],
 )
 def test_cluster_kernel_lowers(block_k, per_step, mask, opts):
-    b, h, n, d = 1, 2, 1000, 128
-    q = jnp.zeros((b, n, h, d), jnp.bfloat16)
-    qs = jnp.full((b, h, 8), n // 8, jnp.int32)
-    ks = jnp.full((b, h, 20), n // 20, jnp.int32)
-    cmap = jax.random.bernoulli(jax.random.key(0), 0.5, (b, h, 8, 20))
-    plan = cluster_tile_plan(qs, ks, cmap, num_q=n, num_k=n, block_q=128, block_k=block_k, row_align=8)
+    q, _, _, plan = _cluster_problem(block_k)
+    d = q.shape[-1]
     fn = lambda q, plan: cluster_sparse_attention_mosaic(
         q, q, q, plan, sm_scale=d**-0.5, tiles_per_step=per_step, make_mask=mask, **opts
     )
@@ -96,12 +102,8 @@ def test_cluster_kernel_edge_mask_lowers(block_k, per_step, overlap):
     and has no second load stage."""
     from svg_jax.pallas_kernels.tile_aligned import align_plan
 
-    b, h, n, d = 1, 2, 1000, 128
-    q = jnp.zeros((b, n, h, d), jnp.bfloat16)
-    qs = jnp.full((b, h, 8), n // 8, jnp.int32)
-    ks = jnp.full((b, h, 20), n // 20, jnp.int32)
-    cmap = jax.random.bernoulli(jax.random.key(0), 0.5, (b, h, 8, 20))
-    fixed = cluster_tile_plan(qs, ks, cmap, num_q=n, num_k=n, block_q=128, block_k=block_k, row_align=8)
+    q, qs, cmap, fixed = _cluster_problem(block_k)
+    b, n, h, d = q.shape
     al, plan = align_plan(fixed, qs, cmap, num_q=n)
     qa = jnp.zeros((b, al.rows, h, d), jnp.bfloat16)
     opts = dict(sm_scale=d**-0.5, tiles_per_step=per_step, overlap=overlap, edge_only=True)
