@@ -6,8 +6,8 @@
 #   - GPU tests of the aligned query tiles with the edge-only mask (`edge_only=True` must give the general
 #     mask's bits) and of `fold_scale` (the softmax scale inside the exponent) against the oracles;
 #   - fixed vs aligned query tiles, aligned with the general and the edge-only mask (query_tiles.py);
-#   - `fold_scale` off / on for the cluster kernel (SVG2 plan, random maps) and the block kernel
-#     (mosaic_steps.py).
+#   - `fold_scale` off / on for the cluster kernel on the SVG2 plan and on random maps (mosaic_steps.py;
+#     the block kernel's A/B, `--only block`, did not fit this call).
 # Part 2: SVG2's overhead with query_tiles="auto" on the structured preset (svg2_overhead.py), and
 #   Wan2.1-1.3B 480p end to end, dense and SVG2 d=0.13 / d=0.3 with "auto" (the rows' aligned_tiles_share
 #   says which tiling the layers ran).
@@ -27,14 +27,16 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to OUT_DIR/
 }
 case $part in
   1)
-    step gpu_tests 150 python3 -m pytest -q -m gpu -p no:benchmark tests/test_tile_aligned.py \
+    step gpu_tests 120 python3 -m pytest -q -m gpu -p no:benchmark tests/test_tile_aligned.py \
       tests/test_cluster_sparse_attention.py tests/test_block_sparse_attention.py -k "edge or fold or aligned"
-    step query_tiles 200 python3 benchmarks/query_tiles.py --rounds 3 --out "$out/query_tiles.json"
-    step fold_scale 220 python3 benchmarks/mosaic_steps.py --steps 1,2,1,0 1,2,1,1 --rounds 3 \
+    step query_tiles 240 python3 benchmarks/query_tiles.py --rounds 3 --out "$out/query_tiles.json"
+    step fold_scale 200 python3 benchmarks/mosaic_steps.py --only svg2 random --steps 1,2,1,0 1,2,1,1 \
+      --rounds 3 \
       --out "$out/mosaic_steps_fold_scale.json"
     ;;
   2)
-    step svg2_overhead 120 python3 benchmarks/svg2_overhead.py --quick --rounds 2 --out "$out/svg2_overhead.json"
+    step svg2_overhead 120 python3 benchmarks/svg2_overhead.py --quick --rounds 2 \
+      --out "$out/svg2_overhead.json"
     step e2e_wan13b 400 bash -c "cd benchmarks && python3 e2e.py --models wan2.1-1.3b-480p --steps 3 \
       --only 'dense,svg2 d=0.13,svg2 d=0.3' --no-share --out '$out/e2e_wan13b.json'"
     ;;
