@@ -39,6 +39,7 @@ from svg_jax.convert.params import param_shapes, with_params
 from svg_jax.models import WAN_PRESETS, WanConfig, WanTransformer3DModel
 from svg_jax.sampling import sample
 from svg_jax.schedulers import UniPCMultistepScheduler
+from svg_jax.svg2 import QUERY_TILES
 
 MODELS = {
     "wan2.1-14b-720p": ("wan2.1-t2v-14b", "wan2.1-t2v-14b-720p"),
@@ -210,7 +211,7 @@ def main(argv=None) -> int:
     parser.add_argument("--no-share", action="store_true", help="skip the attention-share forwards")
     parser.add_argument(
         "--query-tiles",
-        choices=("auto", "fixed", "aligned"),
+        choices=QUERY_TILES,
         default=None,
         help="SVG2Config.query_tiles of the svg2 settings (default: the config's, auto)",
     )

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 
 from svg_jax.convert import DTYPES, PRESET_NAMES, ConversionError, convert_checkpoint
 from svg_jax.convert.api import DEFAULT_BUFFER_BYTES
+from svg_jax.svg2 import QUERY_TILES
 
 
 def _run_convert(args: argparse.Namespace) -> int:
@@ -183,7 +184,7 @@ def _add_generate(subparsers: argparse._SubParsersAction) -> None:
     )
     method.add_argument(
         "--query-tiles",
-        choices=("auto", "fixed", "aligned"),
+        choices=QUERY_TILES,
         help="SVG2 query tiling of the attention kernel (not official): tiles across cluster boundaries, "
         "each query cluster padded to whole tiles, or per call the cheaper by the plan's estimate "
         "(default auto)",
