@@ -11,11 +11,14 @@ At B1 H40 N75600 D128 bf16 (Wan 720p), 300 × 1000 clusters, for each problem:
 Each is run with the fixed 128-row tiles of the chunk plan and with every query cluster padded to whole
 tiles (:mod:`svg_jax.pallas_kernels.tile_aligned`), the latter with the general cluster mask
 (``aligned``, the default) and with the edge-only mask such plans allow (``aligned, edge mask``:
-``edge_only=True``, whose output must equal the default's bit for bit). Reported: the attention
+``edge_only=True``, whose output must equal the default's bit for bit), and the aligned rows over key pages
+(``paged R``: :mod:`svg_jax.pallas_kernels.paged_sparse_attn_mosaic`, key tiles of R-row pages; its
+"chunks" are its key tiles, its masked ones those with an invalid column). Reported: the attention
 kernel's GPU time (profiled, median of ``--rounds``), the plan's chunks, its mixed chunks and all chunks
 that take a mask (edges too), the work ``query_tiles="auto"`` compares (:func:`fixed_cost` of the fixed
 plan, :func:`aligned_cost`'s estimate of the aligned one) and which it picks, and the aligned output
-against the fixed one (relative error over the real rows). The times per thousand chunks calibrate
+against the fixed one (relative error over the real rows), and the time to build each plan (``plan_ms``,
+all its XLA kernels). The times per thousand chunks calibrate
 ``svg2.MASKED_CHUNK_WEIGHT``.
 """
 
@@ -31,7 +34,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from attention import random_clusters  # noqa: E402
-from harness import print_table, rel_error, time_cudnn_dense, write_report  # noqa: E402
+from harness import device_op_times, print_table, rel_error, time_cudnn_dense, write_report  # noqa: E402
 from mosaic_steps import B, D, H, N, gaussian_qkv, kernel_ms, svg2_sorted  # noqa: E402
 
 from svg_jax.pallas_kernels import cluster_sparse_attention_from_plan, cluster_tile_plan  # noqa: E402
@@ -39,6 +42,11 @@ from svg_jax.pallas_kernels.cluster_plan import decode_chunk  # noqa: E402
 from svg_jax.pallas_kernels.cluster_sparse_attn_mosaic import (  # noqa: E402
     cluster_sparse_attention_mosaic,
     needs_mask,
+)
+from svg_jax.pallas_kernels.page_plan import page_plan  # noqa: E402
+from svg_jax.pallas_kernels.paged_sparse_attn_mosaic import (  # noqa: E402
+    paged_sparse_attention_mosaic,
+    partial_first,
 )
 from svg_jax.pallas_kernels.tile_aligned import align_plan, aligned_cost, fixed_cost  # noqa: E402
 from svg_jax.svg2 import MASKED_CHUNK_WEIGHT  # noqa: E402
@@ -64,7 +72,7 @@ def masked_chunks(plan) -> int:
     return int(jnp.sum(listed & (uniform == 0)))
 
 
-def run_problem(name, problem, dense_ms, rounds) -> list[dict]:
+def run_problem(name, problem, dense_ms, rounds, page_rows=(8, 16)) -> list[dict]:
     (q, k, v), qs, kc, cmap = problem
     build = functools.partial(cluster_tile_plan, num_k=N, block_q=BQ, block_k=BK, row_align=ALIGN)
     fixed = jax.jit(functools.partial(build, num_q=N))(qs, kc, cmap)
@@ -82,11 +90,34 @@ def run_problem(name, problem, dense_ms, rounds) -> list[dict]:
     back = jnp.take_along_axis(out_a, jnp.swapaxes(al.dst, 1, 2)[..., None], axis=1)
     err = rel_error(back.astype(jnp.float32), np.asarray(out_f.astype(jnp.float32)))
     same = bool(jnp.array_equal(out_a, out_e))  # the edge mask must give the general mask's bits
-    times = {"fixed": [], "aligned": [], "aligned, edge mask": []}
+    # Key pages over the same aligned query rows, each plan built at full width (no list to overflow).
+    pages = {
+        r: jax.jit(functools.partial(page_plan, num_q=al.rows, num_k=N, block_q=BQ, block_k=BK, page_rows=r))
+        for r in page_rows
+    }
+    paged_plans = {r: build_pages(al.sizes, kc, al.cluster_map) for r, build_pages in pages.items()}
+    paged = jax.jit(functools.partial(paged_sparse_attention_mosaic, sm_scale=D**-0.5))
+    err_p = {}
+    for r, pp in paged_plans.items():
+        back_p = jnp.take_along_axis(paged(qa, k, v, pp), jnp.swapaxes(al.dst, 1, 2)[..., None], axis=1)
+        err_p[r] = rel_error(back_p.astype(jnp.float32), np.asarray(out_f.astype(jnp.float32)))
+    plan_ms = {  # building each plan from the cluster sizes and map (all its XLA kernels)
+        "fixed": device_op_times(jax.jit(functools.partial(build, num_q=N)), qs, kc, cmap)["total_ms"],
+        "aligned": device_op_times(jax.jit(functools.partial(align_plan, num_q=N)), fixed, qs, cmap)[
+            "total_ms"
+        ],
+        **{
+            f"paged {r}": device_op_times(pages[r], al.sizes, kc, al.cluster_map)["total_ms"]
+            for r in page_rows
+        },
+    }
+    times = {"fixed": [], "aligned": [], "aligned, edge mask": [], **{f"paged {r}": [] for r in page_rows}}
     for _ in range(rounds):
         times["fixed"].append(kernel_ms(attn, q, k, v, fixed))
         times["aligned"].append(kernel_ms(attn, qa, k, v, aligned))
         times["aligned, edge mask"].append(kernel_ms(edge, qa, k, v, aligned))
+        for r, pp in paged_plans.items():
+            times[f"paged {r}"].append(kernel_ms(paged, qa, k, v, pp))
     useful = float(jnp.sum(qs[..., :, None].astype(jnp.float32) * kc[..., None, :] * cmap))
     w = MASKED_CHUNK_WEIGHT
     est_a = float(jnp.sum(aligned_cost(qs, kc, cmap, block_q=BQ, block_k=BK, masked_weight=w)))
@@ -113,6 +144,30 @@ def run_problem(name, problem, dense_ms, rounds) -> list[dict]:
                 "auto_picks": (tiling == "fixed") == (est_a >= est_f),
                 "rel_err_vs_fixed": 0.0 if tiling == "fixed" else err,
                 "edge_mask_bitwise_equal": same if tiling != "fixed" else None,
+                "plan_ms": plan_ms.get(tiling, plan_ms["aligned"]),
+            }
+        )
+    for r, pp in paged_plans.items():
+        tiles = int(jnp.sum(pp.tile_counts()))
+        ms = statistics.median(times[f"paged {r}"])
+        _, n_partial = partial_first(pp)
+        rows.append(
+            {
+                "problem": name,
+                "tiling": f"paged {r}",
+                "ms": ms,
+                "samples_ms": times[f"paged {r}"],
+                "density": useful / (B * H * float(N) ** 2),
+                "ideal_ms": useful / (B * H * float(N) ** 2) * dense_ms,
+                "chunks": tiles,
+                "masked_chunks": 0,
+                "computed_over_useful": tiles * BK * BQ / useful,
+                "us_per_kchunk": ms * 1e3 / (tiles / 1e3),
+                "masked_chunks_any": int(jnp.sum(jnp.take_along_axis(n_partial, pp.tile_cluster, axis=-1))),
+                "rel_err_vs_fixed": err_p[r],
+                "plan_ms": plan_ms[f"paged {r}"],
+                "page_width": pp.width,
+                "max_pages_listed": int(jnp.max(pp.counts)),
             }
         )
     return rows
@@ -124,17 +179,22 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--densities", type=float, nargs="*", default=[0.13, 0.3])
     p.add_argument("--no-svg2", action="store_true")
+    p.add_argument(
+        "--page-rows", type=int, nargs="*", default=[8, 16], help="key page sizes of the paged rows"
+    )
     args = p.parse_args(argv)
     key = jax.random.key(0)
     dense = time_cudnn_dense(key, B, H, N, D)
     rows = []
     for d in args.densities:
-        rows += run_problem(f"random {d}", random_problem(key, d), dense["median_ms"], args.rounds)
+        rows += run_problem(
+            f"random {d}", random_problem(key, d), dense["median_ms"], args.rounds, args.page_rows
+        )
     if not args.no_svg2:
-        rows += run_problem("svg2", svg2_problem(key), dense["median_ms"], args.rounds)
+        rows += run_problem("svg2", svg2_problem(key), dense["median_ms"], args.rounds, args.page_rows)
     cols = ["problem", "tiling", "ms", "ideal_ms", "chunks", "masked_chunks", "computed_over_useful"]
     more = ["masked_chunks_any", "us_per_kchunk", "cost", "auto_picks", "rel_err_vs_fixed"]
-    print_table(rows, cols + more + ["edge_mask_bitwise_equal"])
+    print_table(rows, cols + more + ["edge_mask_bitwise_equal", "plan_ms"])
     write_report(args.out, "query_tiles", argv, dense_ms=dense, rows=rows)
     return 0
 

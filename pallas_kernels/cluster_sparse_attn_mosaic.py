@@ -52,7 +52,7 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 from jaxtyping import Array, Float
 
 from .cluster_plan import ClusterTilePlan, decode_chunk, decode_span
-from .common import pad_axis
+from .common import front_order, pad_axis
 from .mosaic_flash import COL, CTA_ROWS, ROW, WG_ROWS, TileMask, check_mosaic_inputs, sparse_flash_mosaic
 
 ROW_ALIGN = 8  # TMA copies into (8, 64)-tiled shared memory start at a multiple of 8 rows
@@ -60,10 +60,10 @@ ROW_ALIGN = 8  # TMA copies into (8, 64)-tiled shared memory start at a multiple
 # 720p: 37.5 -> 36.2-37.2 ms on the SVG2 plan, 82.0 -> 81.0 ms on random maps (mosaic_steps.py).
 DEFAULT_STAGES = {64: 4, 128: 2}
 FAST_Q, FAST_K = 4, 8  # fast path: <= 4 query clusters per tile x <= 8 key clusters per chunk = 32 bits
-# Whether plans marked one_cluster_tiles run edge_mask by default. Off: it lowers for sm90 on the CPU
-# (tests/test_mosaic_lowering.py), but it has not yet run on a GPU (issue #7). Turn it on once its GPU test
-# and benchmarks/query_tiles.py show it bitwise equal to the general mask, and faster.
-EDGE_ONLY_DEFAULT = False
+# Whether plans marked one_cluster_tiles run edge_mask by default: bit for bit the general mask's output, and
+# faster (H100, Wan 720p, aligned plans, benchmarks/query_tiles.py): random maps d=0.13 75.4 -> 53.7 ms,
+# d=0.3 156.7 -> 115.4 ms, the SVG2 preset 33.8 -> 32.8 ms.
+EDGE_ONLY_DEFAULT = True
 
 
 def check_mosaic_plan(q: jax.Array, plan: ClusterTilePlan) -> None:
@@ -360,8 +360,8 @@ def cluster_sparse_attention_mosaic(
     ``make_mask`` replaces the kernel's mask (:func:`cluster_mask`, same signature and full tables): an
     ablation hook for benchmarks, which then compute something else than the plan's attention."""
     check_mosaic_plan(q, plan)
-    if edge_only is None:
-        edge_only = EDGE_ONLY_DEFAULT and plan.one_cluster_tiles
+    if edge_only is None:  # (a make_mask of the caller's replaces the default mask, edge-only or not)
+        edge_only = EDGE_ONLY_DEFAULT and plan.one_cluster_tiles and make_mask is None
     if edge_only and not plan.one_cluster_tiles:
         raise ValueError(
             "edge_only=True needs a plan whose tiles each lie in one query cluster (one_cluster_tiles, from "
@@ -430,18 +430,10 @@ def masked_first(plan: ClusterTilePlan) -> tuple[ClusterTilePlan, jax.Array]:
     """The plan with each tile's chunks that take a mask moved to the front of its list (in order, then the
     rest in order), and ``[B, H, nqt]`` how many there are: the engine walks those with the mask and the
     rest without its code (``masked_counts`` of :func:`.mosaic_flash.sparse_flash_mosaic`). Same chunks, so
-    the same attention up to the order of the online softmax's sums. No sort: one running count gives each
-    chunk its new slot, one scatter of slot numbers the inverse, and each field is gathered through it."""
+    the same attention up to the order of the online softmax's sums (:func:`.common.front_order`; each field
+    is gathered through it)."""
     masked = needs_mask(plan)
-    slot = jnp.arange(masked.shape[-1], dtype=jnp.int32)
-    listed = slot < plan.chunk_counts[..., None]
-    before = jnp.cumsum(masked, axis=-1, dtype=jnp.int32)  # masked chunks up to and including each slot
-    n_masked = before[..., -1]
-    # A masked chunk goes to its rank among the masked ones; any other listed chunk (all the slots before
-    # it are listed) after the masked ones, at its rank among the rest; the tail stays.
-    to = jnp.where(masked, before - 1, jnp.where(listed, n_masked[..., None] + slot - before, slot))
-    slots = jnp.broadcast_to(slot, to.shape)
-    src = jnp.put_along_axis(slots, to, slots, axis=-1, inplace=False)  # the chunk each slot now holds
+    src, n_masked = front_order(masked, plan.chunk_counts)
     fields = ("chunk_starts", "chunk_codes", "chunk_kfirst")
     moved = {f: jnp.take_along_axis(getattr(plan, f), src, axis=-1) for f in fields}
     return dataclasses.replace(plan, **moved), n_masked

@@ -35,6 +35,20 @@ def pad_axis(x, axis: int, size: int):
     return jnp.pad(x, widths)
 
 
+def front_order(first: jax.Array, counts: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """For lists along the last axis with ``counts`` listed entries of which ``first`` (bool) are to go to
+    the front: the entry each slot holds after moving them there (in order, then the other listed ones in
+    order, then the tail as it was), and how many went first. No sort: one running count gives each entry
+    its new slot and one scatter of slot numbers the inverse."""
+    slot = jnp.arange(first.shape[-1], dtype=jnp.int32)
+    listed = slot < counts[..., None]
+    before = jnp.cumsum(first, axis=-1, dtype=jnp.int32)  # entries going first up to and including each slot
+    n_first = before[..., -1]
+    to = jnp.where(first, before - 1, jnp.where(listed, n_first[..., None] + slot - before, slot))
+    slots = jnp.broadcast_to(slot, to.shape)
+    return jnp.put_along_axis(slots, to, slots, axis=-1, inplace=False), n_first
+
+
 MAX_TRITON_HEAD_DIM = 256  # a [128, 512] f32 accumulator no longer fits one program's registers
 
 

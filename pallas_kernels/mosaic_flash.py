@@ -112,9 +112,11 @@ def _kernel(
     tiles_per_step,
     overlap,
     fold_scale,
+    key_pages,
     dtype,
 ):
     key_row, make_mask, split = walk
+    page_rows = block_k // key_pages
     scale = sm_scale * LOG2E  # logits to base 2
     sm, n_programs = lax.axis_index("sm"), lax.axis_size("sm")
     wg = lax.axis_index("wg")
@@ -361,22 +363,31 @@ def _kernel(
 
             @pl.loop(0, walked)
             def _(j):
-                rows = (batch, pl.ds(key_row(tables, at, jnp.minimum(j, count - 1)), block_k), head)
+                firsts = key_row(tables, at, jnp.minimum(j, count - 1))  # a row, or one per page
+                firsts = firsts if key_pages > 1 else (firsts,)
                 t = base + j
                 slot = ring(t)
                 reuse = t >= stages  # the ring's first lap fills free slots
+
+                def load(src, dst, ready):  # the tile's pages, each arriving on the slot's barrier
+                    for i, first in enumerate(firsts):
+                        rows = (batch, pl.ds(first, page_rows), head)
+                        part = (
+                            dst.at[slot, pl.ds(i * page_rows, page_rows)] if key_pages > 1 else dst.at[slot]
+                        )
+                        plgpu.copy_gmem_to_smem(src.at[rows], part, ready.at[slot])
 
                 @pl.when(reuse)
                 def _():
                     plgpu.barrier_wait(k_free.at[slot])
 
-                plgpu.copy_gmem_to_smem(k_ref.at[rows], k_smem.at[slot], k_ready.at[slot])
+                load(k_ref, k_smem, k_ready)
 
                 @pl.when(reuse)
                 def _():
                     plgpu.barrier_wait(v_free.at[slot])
 
-                plgpu.copy_gmem_to_smem(v_ref.at[rows], v_smem.at[slot], v_ready.at[slot])
+                load(v_ref, v_smem, v_ready)
 
             return base + walked
 
@@ -454,6 +465,7 @@ def sparse_flash_mosaic(
     cost: jax.Array | None = None,
     overlap: bool | None = None,
     fold_scale: bool = False,
+    key_pages: int = 1,
     interpret: bool = False,
 ) -> jax.Array:
     """Launch on padded operands: q ``[B, nqt·128, H, D]``; k, v ``[B, Mk, H, D]`` with every listed tile
@@ -484,6 +496,10 @@ def sparse_flash_mosaic(
     per logit). Not the default: it lowers for sm90 on the CPU (``tests/test_mosaic_lowering.py``), but its
     GPU tests against the oracles have not run yet, nor has it been timed (``mosaic_steps.py --steps 1,2,1,0
     1,2,1,1``; ``benchmarks/open_measurements.sh``).
+
+    ``key_pages`` > 1 fills each key tile from that many pages of ``block_k / key_pages`` rows (a multiple
+    of 8), one TMA copy each: ``key_row`` then returns a tuple of the pages' first rows, and each ring slot's
+    barriers wait for that many copies (:mod:`.paged_sparse_attn_mosaic`).
     """
     if tiles_per_step not in TILES_PER_STEP:
         raise ValueError(f"tiles_per_step must be one of {TILES_PER_STEP}; got {tiles_per_step!r}")
@@ -493,6 +509,10 @@ def sparse_flash_mosaic(
         raise ValueError(
             "overlap=True takes tiles_per_step=1 (with 2 it ran 2x slower on the Wan 720p SVG2 plan, H200); "
             f"got tiles_per_step={tiles_per_step}"
+        )
+    if key_pages < 1 or block_k % key_pages or (block_k // key_pages) % 8:
+        raise ValueError(
+            f"key_pages must split block_k={block_k} into pages of a multiple of 8 rows; got {key_pages!r}"
         )
     b, nq, h, d = q.shape
     stages = max(2 * tiles_per_step, num_stages)  # a step holds its tiles while the next ones load
@@ -538,6 +558,7 @@ def sparse_flash_mosaic(
                 tiles_per_step=tiles_per_step,
                 overlap=overlap,
                 fold_scale=fold_scale,
+                key_pages=key_pages,
                 dtype=q.dtype,
             ),
             (
@@ -546,8 +567,8 @@ def sparse_flash_mosaic(
                 plgpu.SMEM((stages, block_k, d), q.dtype, transforms=tiles),
             ),
             (
-                plgpu.Barrier(num_barriers=stages),
-                plgpu.Barrier(num_barriers=stages),
+                plgpu.Barrier(num_arrivals=key_pages, num_barriers=stages),  # one arrival per page copy
+                plgpu.Barrier(num_arrivals=key_pages, num_barriers=stages),
                 plgpu.Barrier(num_barriers=2),
             ),
             (plgpu.Barrier(num_arrivals=2, num_barriers=stages),) * 2,

@@ -29,17 +29,23 @@ from svg_jax.pallas_kernels import (
     padded_rows,
     permute_tokens,
 )
-from svg_jax.pallas_kernels.tile_aligned import align_plan, aligned_cost, fixed_cost
+from svg_jax.pallas_kernels.page_plan import default_page_width, page_plan, with_complete_pages
+from svg_jax.pallas_kernels.paged_sparse_attn_mosaic import paged_sparse_attention_mosaic
+from svg_jax.pallas_kernels.tile_aligned import align_plan, align_query_clusters, aligned_cost, fixed_cost
 from svg_jax.topp import add_text_clusters, cluster_probabilities, selected_mass, top_p_cluster_map
 
 # flash-kmeans as vendored by SVG2 stops when no centroid moves by more than this (L2).
 KMEANS_TOL = 1e-4
-QUERY_TILES = ("auto", "fixed", "aligned")
+QUERY_TILES = ("auto", "fixed", "aligned", "paged")
 # What a chunk that takes a mask (a run's edge or a mixed chunk) costs the Mosaic kernel beyond one that
 # does not, in unmasked chunks: about 12.0 against 7.5 us per thousand chunks at Wan 720p on the H100
 # (benchmarks/query_tiles.py). query_tiles="auto" weighs masked chunks by it (the Triton kernel's masked
 # chunks were not measured apart; it uses the same weight).
 MASKED_CHUNK_WEIGHT = 0.6
+# The same for the aligned plan's masked chunks (a run's edges), which the Mosaic kernel masks by one column
+# bias (cluster_sparse_attn_mosaic.edge_mask): about 1.1 us per thousand over 7.5 at Wan 720p on the H100,
+# random maps at density 0.13 and 0.3 (benchmarks/query_tiles.py, query_tiles_paged_h100_2026-12-07.json).
+ALIGNED_EDGE_WEIGHT = 0.15
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -64,7 +70,11 @@ class SVG2Config:
     # Not an official flag: how the attention kernel tiles the cluster-sorted queries. "fixed": tiles cut
     # across cluster boundaries (a tile spanning two query clusters computes the union of their
     # selections, masked where they differ); "aligned": each query cluster padded to whole tiles of its
-    # own (pallas_kernels.tile_aligned); "auto": per call, whichever the plan's work estimate favours.
+    # own (pallas_kernels.tile_aligned); "auto": per call, whichever of those two the plan's work estimate
+    # favours; "paged" (Mosaic kernel only): aligned tiles whose key tiles are assembled from 16-row pages
+    # (pallas_kernels.page_plan), so runs of selected key clusters are computed to the nearest page instead
+    # of the nearest key tile: 9% faster than "aligned" on random maps, 10% slower on structured ones
+    # (Wan 720p, H100), and not in "auto" (no estimate of its work yet, nor an end-to-end run).
     query_tiles: str = "auto"
 
     def __post_init__(self):
@@ -220,7 +230,7 @@ class SVG2Stats:
     q_kmeans_iters: Int[Array, ""]  # Lloyd iterations run on Q
     k_kmeans_iters: Int[Array, ""]
     # Whether the attention ran on query tiles aligned to query clusters (SVG2Config.query_tiles; what
-    # "auto" picked). None from svg2_plan, which does not run the attention.
+    # "auto" picked; "paged" tiles are aligned too). None from svg2_plan, which does not run the attention.
     aligned_tiles: Bool[Array, ""] | None = None
 
 
@@ -447,7 +457,35 @@ def _apply_svg2_plan(
         q_src = _kernel_order(plan.q_perm, text, n, n)
         return attend(al.source(q_src), tiles, al.restore(inverse_permutation(q_src)))
 
-    if tile_plan is None or query_tiles == "fixed":
+    def paged(_):
+        bq, bk = tile_plan.block_q, tile_plan.block_k
+        al = align_query_clusters(plan.q_cluster_sizes, plan.cluster_map, num_q=n, block_q=bq)
+        k_clusters = plan.k_cluster_sizes.shape[-1]
+        width = default_page_width(n, k_clusters, bk)
+        pages = page_plan(
+            al.sizes,
+            plan.k_cluster_sizes,
+            al.cluster_map,
+            num_q=al.rows,
+            num_k=n,
+            block_q=bq,
+            block_k=bk,
+            width=width,
+        )
+        q_src = _kernel_order(plan.q_perm, text, n, n)
+        (qs,) = permute_tokens([q], al.source(q_src), **perm_opts)
+        sm = checks.default_sm_scale(q) if sm_scale is None else float(sm_scale)
+        out = with_complete_pages(pages, lambda p: paged_sparse_attention_mosaic(qs, ks, vs, p, sm_scale=sm))
+        return permute_tokens([out], al.restore(inverse_permutation(q_src)), **perm_opts)[0]
+
+    if query_tiles == "paged" and tile_plan is not None:
+        if impl != "pallas_mosaic":
+            raise ValueError(
+                f"query_tiles='paged' runs the Mosaic GPU kernel only (Hopper, bf16/f16); this call resolved "
+                f"implementation={impl!r}: use query_tiles='auto', 'fixed' or 'aligned' there"
+            )
+        return paged(None), jnp.ones((), jnp.bool_)
+    if tile_plan is None or query_tiles in ("fixed", "paged"):  # (the oracle has no tiles)
         return fixed(None), jnp.zeros((), jnp.bool_)
     if query_tiles == "aligned":
         return aligned(None), jnp.ones((), jnp.bool_)
@@ -463,9 +501,10 @@ def prefer_aligned_tiles(
 ) -> Bool[Array, ""]:
     """``query_tiles="auto"``'s choice: whether the aligned tiling's estimated work
     (:func:`~svg_jax.pallas_kernels.tile_aligned.aligned_cost`) is below the fixed plan's
-    (:func:`~svg_jax.pallas_kernels.tile_aligned.fixed_cost`), masked chunks weighted by
-    :data:`MASKED_CHUNK_WEIGHT`, summed over batch and heads."""
-    blocks = dict(block_q=tile_plan.block_q, block_k=tile_plan.block_k, masked_weight=MASKED_CHUNK_WEIGHT)
+    (:func:`~svg_jax.pallas_kernels.tile_aligned.fixed_cost`), summed over batch and heads. The fixed
+    plan's masked chunks weigh :data:`MASKED_CHUNK_WEIGHT`, the aligned plan's (run edges, one column bias
+    each) :data:`ALIGNED_EDGE_WEIGHT`."""
+    blocks = dict(block_q=tile_plan.block_q, block_k=tile_plan.block_k, masked_weight=ALIGNED_EDGE_WEIGHT)
     aligned = aligned_cost(q_cluster_sizes, k_cluster_sizes, cluster_map, **blocks)
     return jnp.sum(aligned) < jnp.sum(fixed_cost(tile_plan, MASKED_CHUNK_WEIGHT))
 

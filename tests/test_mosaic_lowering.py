@@ -112,6 +112,26 @@ def test_cluster_kernel_edge_mask_lowers(block_k, per_step, overlap):
 
 
 @pytest.mark.parametrize(
+    "block_k, overlap, fold, rows", [(64, True, False, 8), (64, False, False, 16), (128, True, True, 32)]
+)
+def test_paged_kernel_lowers(block_k, overlap, fold, rows):
+    """The paged kernel: ``block_k / 8`` TMA copies per K/V tile, one barrier arrival each, and the valid-bit
+    column bias."""
+    from svg_jax.pallas_kernels.page_plan import page_plan
+    from svg_jax.pallas_kernels.paged_sparse_attn_mosaic import paged_sparse_attention_mosaic
+    from svg_jax.pallas_kernels.tile_aligned import align_query_clusters
+
+    q, qs, cmap, _ = _cluster_problem(block_k)
+    b, n, h, d = q.shape
+    al = align_query_clusters(qs, cmap, num_q=n, block_q=128)
+    ks = jnp.full((b, h, 20), n // 20, jnp.int32)
+    plan = page_plan(al.sizes, ks, al.cluster_map, num_q=al.rows, num_k=n, block_k=block_k, page_rows=rows)
+    qa = jnp.zeros((b, al.rows, h, d), jnp.bfloat16)
+    opts = dict(sm_scale=d**-0.5, overlap=overlap, fold_scale=fold)
+    lowered(lambda q, k, plan: paged_sparse_attention_mosaic(q, k, k, plan, **opts), qa, q, plan)
+
+
+@pytest.mark.parametrize(
     "k, block_k, row_blocks",
     [(300, None, 1), (300, 128, 1), (1000, None, 1), (20, None, 1), (200, 64, 1), (300, None, 2)]
     + [(1000, 40, 2)],

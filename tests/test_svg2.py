@@ -227,7 +227,7 @@ def test_pipeline_equals_masked_dense(case):
         np.testing.assert_array_equal(plan.q_cluster_sizes[1, :, -2:], np.broadcast_to([0, 6], (h, 2)))
 
 
-@pytest.mark.parametrize("query_tiles", svg2.QUERY_TILES)
+@pytest.mark.parametrize("query_tiles", [t for t in svg2.QUERY_TILES if t != "paged"])  # paged: Mosaic only
 @pytest.mark.parametrize("case", list(TEXT_CASES))
 def test_pipeline_pallas_interpret_matches_xla(case, query_tiles):
     """The kernel path gathers q, k, v straight into padded kernel order (text rows inline, padding rows
@@ -246,6 +246,20 @@ def test_pipeline_pallas_interpret_matches_xla(case, query_tiles):
     assert not bool(ref_stats.aligned_tiles)  # the oracle path has no tiles
     if query_tiles != "auto":  # the stats name the tiling that ran
         assert bool(stats.aligned_tiles) == (query_tiles == "aligned")
+
+
+def test_paged_query_tiles_need_the_mosaic_kernel():
+    """``query_tiles="paged"`` has a Mosaic kernel only: a clear error on the Triton path, the oracle on
+    the XLA path (which has no tiles)."""
+    q, k, v = _qkv(5, 1, 40, 1, 16)
+    cache = SVG2Cache.create(1, 1, 1, CFG, 16).layer(0)
+    plan = svg2_plan(q, k, config=CFG, cache=cache, key=jax.random.key(0))[0]
+    with pytest.raises(ValueError, match="query_tiles='paged' runs the Mosaic GPU kernel only"):
+        apply_svg2_plan(q, k, v, plan, query_tiles="paged", implementation="pallas_triton", interpret=True)
+    np.testing.assert_array_equal(
+        apply_svg2_plan(q, k, v, plan, query_tiles="paged", implementation="xla"),
+        apply_svg2_plan(q, k, v, plan, query_tiles="fixed", implementation="xla"),
+    )
 
 
 def test_apply_plan_rejects_unknown_query_tiles():
@@ -397,8 +411,9 @@ def test_bf16_runs_and_is_close_to_masked_dense():
         (2001, TextTokens("last", 7, jnp.array([5], jnp.int32))),
     ],
 )
-def test_pipeline_compiled_gpu(n, text):
-    cfg = SVG2Config(**{**BASE, "num_q_clusters": 16, "num_k_clusters": 64})
+@pytest.mark.parametrize("query_tiles", ["auto", "paged"])
+def test_pipeline_compiled_gpu(n, text, query_tiles):
+    cfg = SVG2Config(**{**BASE, "num_q_clusters": 16, "num_k_clusters": 64, "query_tiles": query_tiles})
     b, h, d = 1, 4, 128
     q, k, v = _qkv(8, b, n, h, d, jnp.bfloat16)
     cache = SVG2Cache.create(1, b, h, cfg, d).layer(0)

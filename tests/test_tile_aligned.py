@@ -179,7 +179,8 @@ def test_gpu_edge_mask_equals_the_general_mask(per_step, overlap):
             jax.jit(functools.partial(cm.cluster_sparse_attention_mosaic, **opts, **o))(qa, k, v, plan)
         )
 
-    np.testing.assert_array_equal(run(), run(make_mask=cm.cluster_mask))
+    np.testing.assert_array_equal(run(edge_only=True), run(edge_only=False))
+    np.testing.assert_array_equal(run(), run(make_mask=cm.cluster_mask))  # the default is the edge mask
 
 
 @pytest.mark.gpu
