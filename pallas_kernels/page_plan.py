@@ -32,7 +32,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
 from .cluster_plan import _neighbours
-from .reference import cluster_labels
+from .reference import cluster_labels, masked_attention_reference
 
 # Default rows per page. 16-row pages waste more rows than 8-row ones (random maps at Wan 720p d=0.13: 1.48×
 # the selected pairs against 1.36×, with the query padding) but take half the TMA copies, and ran faster on
@@ -264,21 +264,13 @@ def paged_attention_reference(
     *,
     sm_scale: float,
 ) -> Float[Array, "B Nq H D"]:
-    """What the paged kernel computes, in plain XLA (float32 inside, small shapes): each aligned query row
-    attends to the key rows its cluster's pages mark valid, a row counted as many times as it is marked
-    (:func:`page_row_hits`; once for a right plan, so this equals the cluster oracle). A row with no valid
-    key outputs zeros."""
+    """What the paged kernel computes, in plain XLA (dense-masked, small shapes): each aligned query row
+    attends to the key rows its cluster's pages mark valid (:func:`page_row_hits`). A right plan marks each
+    selected row once, so this is the cluster oracle; a row a kernel counted twice would differ from it. A
+    row with no valid key outputs zeros."""
     m = k.shape[1]
     hits = page_row_hits(plan)[..., :m]  # [B, H, Cu, M]
     hits = jnp.pad(hits, ((0, 0), (0, 0), (0, 0), (0, max(m - hits.shape[-1], 0))))
     row_cluster = jnp.repeat(plan.tile_cluster, plan.block_q, axis=-1)  # [B, H, Nq]
-    weight = jnp.take_along_axis(hits, row_cluster[..., None], axis=2).astype(jnp.float32)  # [B, H, Nq, M]
-    s = jnp.einsum("bqhd,bkhd->bhqk", q.astype(jnp.float32), k.astype(jnp.float32), precision="highest")
-    s = jnp.where(weight > 0, s * sm_scale, -jnp.inf)
-    mx = jnp.max(s, axis=-1, keepdims=True)
-    p = weight * jnp.exp(s - jnp.where(jnp.isfinite(mx), mx, 0.0))
-    den = jnp.sum(p, axis=-1, keepdims=True)
-    out = jnp.einsum(
-        "bhqk,bkhd->bqhd", p / jnp.maximum(den, 1e-30), v.astype(jnp.float32), precision="highest"
-    )
-    return out.astype(q.dtype)
+    mask = jnp.take_along_axis(hits, row_cluster[..., None], axis=2) > 0  # [B, H, Nq, M]
+    return masked_attention_reference(q, k, v, mask, sm_scale=sm_scale)

@@ -31,12 +31,10 @@ from jax import lax
 from jax.experimental.pallas import mosaic_gpu as plgpu
 from jaxtyping import Array, Float
 
+from .cluster_sparse_attn_mosaic import DEFAULT_STAGES
 from .common import front_order, pad_axis
 from .mosaic_flash import COL, TileMask, check_mosaic_inputs, sparse_flash_mosaic
 from .page_plan import BITS_PER_WORD, PagePlan
-
-# K/V ring slots by block_k, as the cluster kernel's (cluster_sparse_attn_mosaic.DEFAULT_STAGES).
-DEFAULT_STAGES = {64: 4, 128: 2}
 
 
 def check_paged_plan(q: jax.Array, plan: PagePlan) -> None:
@@ -116,7 +114,8 @@ def paged_sparse_attention_mosaic(
     plan's pages. The plan must hold every page (:func:`.page_plan.with_complete_pages` runs a narrow one
     only when it does; a truncated list would drop keys).
 
-    ``num_stages``: K/V ring slots (default :data:`DEFAULT_STAGES`); ``order``, ``overlap``, ``fold_scale``:
+    ``num_stages``: K/V ring slots (default: the cluster kernel's
+    :data:`~.cluster_sparse_attn_mosaic.DEFAULT_STAGES`); ``order``, ``overlap``, ``fold_scale``:
     :func:`.mosaic_flash.sparse_flash_mosaic`."""
     check_paged_plan(q, plan)
     bk, per = plan.block_k, plan.pages_per_tile
