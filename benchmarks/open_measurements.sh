@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The GPU measurements issue #7 still waits for, in three device calls of under ten minutes each, most
+# The GPU measurements issue #7 still waits for, in four device calls of under ten minutes each, most
 # important first; each step has its own time limit, so what finished survives a later timeout.
-#   bash benchmarks/open_measurements.sh OUT_DIR PART      (PART 1 to 3)
+#   bash benchmarks/open_measurements.sh OUT_DIR PART      (PART 1 to 4)
 # (Measured 2026-12-07 on an H100 and so dropped from here: query_tiles.py with the edge-only mask and key
 # pages, the edge-mask GPU tests, the paged kernel's GPU tests, Wan2.1-14B SVG2 d=0.13 / d=0.3 with "auto".)
 # Part 1: the GPU tests of `fold_scale` (the softmax scale inside the exponent) and of SVG2 with
@@ -11,9 +11,11 @@
 #   aligned_tiles_share says which tiling the layers ran).
 # Part 3: Wan2.1-14B 720p end to end: the dense step again on the same card (the 22.49 s baseline is from
 #   another H100 call), then SVG2 d=0.13 with query_tiles="paged".
+# Part 4: HunyuanVideo 720p x 129 frames end to end, dense and SVG2 at the fixed densities, with the
+#   edge-only mask and "auto" (its rows were last run on an H200, before aligned tiles existed).
 set -uo pipefail
 out=$(realpath -m "${1:?usage: open_measurements.sh OUT_DIR PART}")
-part=${2:?usage: open_measurements.sh OUT_DIR PART (1 to 3)}
+part=${2:?usage: open_measurements.sh OUT_DIR PART (1 to 4)}
 mkdir -p "$out"
 cd "$(dirname "$0")/.."
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
@@ -43,5 +45,9 @@ case $part in
     step e2e_wan14b_paged 260 bash -c "cd benchmarks && python3 e2e.py --models wan2.1-14b-720p --steps 2 \
       --only 'svg2 d=0.13' --query-tiles paged --no-share --dense-step-ms 22490 --out '$out/e2e_wan14b_paged.json'"
     ;;
-  *) echo "PART must be 1 to 3; got $part" >&2 && exit 2 ;;
+  4)
+    step e2e_hunyuan 560 bash -c "cd benchmarks && python3 e2e_hunyuan.py --only 'dense,svg2 d=0.13,svg2 d=0.3' \
+      --no-share --out '$out/e2e_hunyuan.json'"
+    ;;
+  *) echo "PART must be 1 to 4; got $part" >&2 && exit 2 ;;
 esac
