@@ -16,7 +16,8 @@ tiles (:mod:`svg_jax.pallas_kernels.tile_aligned`), the latter with the general 
 "chunks" are its key tiles, its masked ones those with an invalid column). Reported: the attention
 kernel's GPU time (profiled, median of ``--rounds``), the plan's chunks, its mixed chunks and all chunks
 that take a mask (edges too), the work ``query_tiles="auto"`` compares (:func:`fixed_cost` of the fixed
-plan, :func:`aligned_cost`'s estimate of the aligned one) and which it picks, and the aligned output
+plan, :func:`aligned_cost`'s estimate of the aligned one; for the paged rows :func:`paged_cost`) and which
+it picks, and the aligned output
 against the fixed one (relative error over the real rows), and the time to build each plan (``plan_ms``,
 all its XLA kernels). The times per thousand chunks calibrate
 ``svg2.MASKED_CHUNK_WEIGHT``.
@@ -43,13 +44,18 @@ from svg_jax.pallas_kernels.cluster_sparse_attn_mosaic import (  # noqa: E402
     cluster_sparse_attention_mosaic,
     needs_mask,
 )
-from svg_jax.pallas_kernels.page_plan import page_plan  # noqa: E402
+from svg_jax.pallas_kernels.page_plan import page_plan, paged_cost  # noqa: E402
 from svg_jax.pallas_kernels.paged_sparse_attn_mosaic import (  # noqa: E402
     paged_sparse_attention_mosaic,
     partial_first,
 )
 from svg_jax.pallas_kernels.tile_aligned import align_plan, aligned_cost, fixed_cost  # noqa: E402
-from svg_jax.svg2 import MASKED_CHUNK_WEIGHT  # noqa: E402
+from svg_jax.svg2 import (  # noqa: E402
+    ALIGNED_EDGE_WEIGHT,
+    MASKED_CHUNK_WEIGHT,
+    PAGED_PARTIAL_WEIGHT,
+    PAGED_TILE_WEIGHT,
+)
 
 BQ, BK, ALIGN = 128, 64, 8
 
@@ -120,7 +126,8 @@ def run_problem(name, problem, dense_ms, rounds, page_rows=(8, 16)) -> list[dict
             times[f"paged {r}"].append(kernel_ms(paged, qa, k, v, pp))
     useful = float(jnp.sum(qs[..., :, None].astype(jnp.float32) * kc[..., None, :] * cmap))
     w = MASKED_CHUNK_WEIGHT
-    est_a = float(jnp.sum(aligned_cost(qs, kc, cmap, block_q=BQ, block_k=BK, masked_weight=w)))
+    w_a = ALIGNED_EDGE_WEIGHT  # the aligned plan's masked chunks are run edges (svg2.prefer_aligned_tiles)
+    est_a = float(jnp.sum(aligned_cost(qs, kc, cmap, block_q=BQ, block_k=BK, masked_weight=w_a)))
     est_f = float(jnp.sum(fixed_cost(fixed, w)))
     rows = []
     for tiling, plan in (("fixed", fixed), ("aligned", aligned), ("aligned, edge mask", aligned)):
@@ -140,7 +147,7 @@ def run_problem(name, problem, dense_ms, rounds, page_rows=(8, 16)) -> list[dict
                 "us_per_kchunk": ms * 1e3 / (chunks / 1e3),
                 "masked_chunks_any": int(jnp.sum(needs_mask(plan))),
                 "cost": est_f if tiling == "fixed" else est_a,  # what query_tiles="auto" compares
-                "cost_of_built_plan": float(jnp.sum(fixed_cost(plan, w))),
+                "cost_of_built_plan": float(jnp.sum(fixed_cost(plan, w if tiling == "fixed" else w_a))),
                 "auto_picks": (tiling == "fixed") == (est_a >= est_f),
                 "rel_err_vs_fixed": 0.0 if tiling == "fixed" else err,
                 "edge_mask_bitwise_equal": same if tiling != "fixed" else None,
@@ -165,6 +172,21 @@ def run_problem(name, problem, dense_ms, rounds, page_rows=(8, 16)) -> list[dict
                 "us_per_kchunk": ms * 1e3 / (tiles / 1e3),
                 "masked_chunks_any": int(jnp.sum(jnp.take_along_axis(n_partial, pp.tile_cluster, axis=-1))),
                 "rel_err_vs_fixed": err_p[r],
+                "cost": float(  # the paged work estimate (calibrated for 16-row pages)
+                    jnp.sum(
+                        paged_cost(
+                            al.sizes,
+                            kc,
+                            al.cluster_map,
+                            num_k=N,
+                            block_q=BQ,
+                            block_k=BK,
+                            page_rows=r,
+                            tile_weight=PAGED_TILE_WEIGHT,
+                            partial_weight=PAGED_PARTIAL_WEIGHT,
+                        )
+                    )
+                ),
                 "plan_ms": plan_ms[f"paged {r}"],
                 "page_width": pp.width,
                 "max_pages_listed": int(jnp.max(pp.counts)),

@@ -185,6 +185,26 @@ def page_plan(
     )
 
 
+def _runs(k_sizes, cmap, *, num_k: int, rows: int):
+    """Per ``[G, Cu, Ck]``: whether key cluster ``j`` heads a run of selected clusters (empty clusters
+    skipped over, as in the chunk plan), the run's first page and its page count (0 off heads); and the
+    key clusters' first rows ``[G, 1, Ck]``. ``k_sizes [G, Ck]``, ``cmap [G, Cu, Ck]``."""
+    nonempty = k_sizes > 0
+    sel = cmap & nonempty[:, None, :]
+    # Each run is described at its head; the nearest run end at or after a head is its own run's end row.
+    prev, nxt = _neighbours(nonempty)
+    padded = jnp.pad(sel, ((0, 0), (0, 0), (1, 1)))
+    sel_at = lambda idx: jnp.take_along_axis(padded, jnp.broadcast_to(idx[:, None, :] + 1, sel.shape), axis=2)
+    heads = sel & ~sel_at(prev)
+    ends = sel & ~sel_at(nxt)
+    k_end = jnp.cumsum(k_sizes, axis=-1, dtype=jnp.int32)
+    k_start = (k_end - k_sizes)[:, None, :]
+    run_end = jax.lax.cummin(jnp.where(ends, k_end[:, None, :], num_k + 1), axis=2, reverse=True)
+    first_page = k_start // rows
+    n_pages = jnp.where(heads, -(-run_end // rows) - first_page, 0)
+    return heads, k_start, run_end, first_page, n_pages
+
+
 def _lists(k_sizes, cmap, *, num_k: int, block_k: int, rows: int, width: int | None = None) -> dict:
     """``pages``, ``valid`` and ``counts`` (see :class:`PagePlan`) for ``[B, H, Ck]`` sizes and a
     ``[B, H, Cu, Ck]`` map, with pages of ``rows`` rows."""
@@ -193,21 +213,8 @@ def _lists(k_sizes, cmap, *, num_k: int, block_k: int, rows: int, width: int | N
     width = full if width is None else min(_whole_tiles(width, block_k // rows), full)
     g = b * h
     sizes = k_sizes.reshape(g, ck).astype(jnp.int32)
-    nonempty = sizes > 0
-    sel = cmap.reshape(g, cu, ck).astype(jnp.bool_) & nonempty[:, None, :]  # [G, Cu, Ck]
-
-    # Runs of selected key clusters, empty clusters skipped over (as in the chunk plan): each described at
-    # its first cluster (its head); the nearest run end at or after a head is its own run's end row.
-    prev, nxt = _neighbours(nonempty)
-    padded = jnp.pad(sel, ((0, 0), (0, 0), (1, 1)))
-    sel_at = lambda idx: jnp.take_along_axis(padded, jnp.broadcast_to(idx[:, None, :] + 1, sel.shape), axis=2)
-    heads = sel & ~sel_at(prev)
-    ends = sel & ~sel_at(nxt)
-    k_end = jnp.cumsum(sizes, axis=-1, dtype=jnp.int32)
-    k_start = k_end - sizes
-    run_end = jax.lax.cummin(jnp.where(ends, k_end[:, None, :], num_k + 1), axis=2, reverse=True)
-    first_page = (k_start // rows)[:, None, :]  # [G, 1, Ck]
-    n_pages = jnp.where(heads, -(-run_end // rows) - first_page, 0)  # [G, Cu, Ck]
+    sel = cmap.reshape(g, cu, ck).astype(jnp.bool_)
+    heads, k_start, run_end, first_page, n_pages = _runs(sizes, sel, num_k=num_k, rows=rows)
     page_end = jnp.cumsum(n_pages, axis=-1, dtype=jnp.int32)
     page_begin = page_end - n_pages
     counts = page_end[..., -1]  # [G, Cu]
@@ -222,7 +229,7 @@ def _lists(k_sizes, cmap, *, num_k: int, block_k: int, rows: int, width: int | N
     slot = jnp.arange(width, dtype=jnp.int32)
     page = of(first_page - page_begin) + slot  # the run's pages are consecutive
     row0 = page * rows
-    lo = jnp.clip(of(k_start[:, None, :]) - row0, 0, rows).astype(jnp.uint32)  # the run's rows: [lo, hi)
+    lo = jnp.clip(of(k_start) - row0, 0, rows).astype(jnp.uint32)  # the run's rows: [lo, hi)
     hi = jnp.clip(of(run_end) - row0, 0, rows).astype(jnp.uint32)
     ones = lambda n: jnp.where(n >= 32, jnp.uint32(0xFFFFFFFF), (jnp.uint32(1) << (n % 32)) - 1)
     bits = ones(hi) & ~ones(lo)  # `rows` bits
@@ -239,6 +246,41 @@ def _lists(k_sizes, cmap, *, num_k: int, block_k: int, rows: int, width: int | N
         valid=valid.reshape(b, h, cu, width // per_word),
         counts=counts.reshape(b, h, cu),
     )
+
+
+def paged_cost(
+    q_tile_sizes: Int[Array, "B H Cu"],
+    k_cluster_sizes: Int[Array, "B H Ck"],
+    cluster_map: Bool[Array, "B H Cu Ck"],
+    *,
+    num_k: int,
+    block_q: int = 128,
+    block_k: int = 64,
+    page_rows: int = PAGE_ROWS,
+    tile_weight: float,
+    partial_weight: float,
+) -> Float[Array, "B H"]:
+    """Work of the paged kernel, without building its lists, in the units of
+    :func:`.tile_aligned.fixed_cost` (an unmasked chunk of the cluster kernel): per query tile, its
+    cluster's key tiles (exact: each run's pages counted as :func:`page_plan` lists them) at
+    ``tile_weight`` each, plus ``partial_weight`` per tile with an invalid column, estimated as one per
+    run edge that is not on a page boundary, plus the list's last tile if it has empty slots, at most all of
+    them (an upper bound)."""
+    b, h, cu, ck = cluster_map.shape
+    g = b * h
+    sizes = k_cluster_sizes.reshape(g, ck).astype(jnp.int32)
+    heads, k_start, run_end, _, n_pages = _runs(
+        sizes, cluster_map.reshape(g, cu, ck).astype(jnp.bool_), num_k=num_k, rows=page_rows
+    )
+    per = block_k // page_rows
+    pages = jnp.sum(n_pages, axis=-1)  # [G, Cu]
+    tiles = -(-pages // per)
+    unaligned = lambda row: jnp.sum(heads & (row % page_rows != 0), axis=-1)  # run edges inside a page
+    edges = unaligned(k_start) + unaligned(run_end)
+    partial = jnp.minimum(tiles, edges + (pages % per != 0))  # an upper bound: a page may hold two edges
+    q_tiles = (q_tile_sizes.reshape(g, cu) // block_q).astype(jnp.float32)
+    cost = jnp.sum(q_tiles * (tile_weight * tiles + partial_weight * partial), axis=-1)
+    return cost.reshape(b, h)
 
 
 def page_row_hits(plan: PagePlan) -> Int[Array, "B H Cu M"]:

@@ -46,6 +46,13 @@ MASKED_CHUNK_WEIGHT = 0.6
 # bias (cluster_sparse_attn_mosaic.edge_mask): about 1.1 us per thousand over 7.5 at Wan 720p on the H100,
 # random maps at density 0.13 and 0.3 (benchmarks/query_tiles.py, query_tiles_paged_h100_2026-12-07.json).
 ALIGNED_EDGE_WEIGHT = 0.15
+# The paged kernel's key tiles of 16-row pages in the same units (page_plan.paged_cost): an unmasked one
+# costs about 8.3 us per thousand (1.11 of 7.5), one with an invalid column about 1.05 more (0.14). Counted
+# on the built plans of the three problems of benchmarks/query_tiles.py with these weights, the work gives
+# the measured kernel times at 7.42-7.53 us per unit for the aligned (edge mask) and paged kernels and at
+# 7.56-8.10 for the fixed one (H100). Not yet used by "auto": "paged" has not run end to end.
+PAGED_TILE_WEIGHT = 1.11
+PAGED_PARTIAL_WEIGHT = 0.14
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -19,6 +19,7 @@ from svg_jax.pallas_kernels.page_plan import (
     page_plan,
     page_row_hits,
     paged_attention_reference,
+    paged_cost,
     with_complete_pages,
 )
 from svg_jax.pallas_kernels.paged_sparse_attn_mosaic import partial_first
@@ -138,6 +139,25 @@ def test_with_complete_pages_rebuilds_a_list_that_does_not_fit():
     assert not bool(narrow.fits())
     listed = jax.jit(lambda p: with_complete_pages(p, lambda p: jnp.sum(page_row_hits(p))))(narrow)
     assert int(listed) == 400 * int(np.sum(np.asarray(qs) > 0))
+
+
+@pytest.mark.parametrize("seed, density, rows", [(0, 0.1, 16), (1, 0.4, 8), (2, 0.9, 32), (3, 0.0, 16)])
+def test_paged_cost_counts_the_plans_tiles(seed, density, rows):
+    """The estimate's key tiles are the plan's exactly; its partial tiles bound the plan's from above."""
+    n, m, cq, ck = 400, 900, 6, 40
+    qs, ks, cmap = random_problem(seed, 1, n, m, 2, cq, ck, density)
+    al = _aligned(qs, cmap, n, 16)
+    plan = plan_of(
+        al.sizes, ks, al.cluster_map, num_q=al.rows, num_k=m, block_q=16, block_k=64, page_rows=rows
+    )
+    cost = functools.partial(paged_cost, al.sizes, ks, al.cluster_map, num_k=m, block_q=16, page_rows=rows)
+    tiles = np.asarray(cost(tile_weight=1.0, partial_weight=0.0))
+    np.testing.assert_allclose(tiles, np.asarray(jnp.sum(plan.tile_counts(), axis=-1)))
+    _, n_partial = partial_first(plan)
+    q_tiles = np.asarray(al.sizes) // 16
+    actual = (q_tiles * np.asarray(n_partial)).sum(-1)
+    estimate = np.asarray(cost(tile_weight=0.0, partial_weight=1.0))
+    assert (estimate >= actual).all() and (estimate <= tiles).all()
 
 
 def test_bad_arguments():
