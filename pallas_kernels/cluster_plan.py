@@ -204,6 +204,24 @@ def _neighbours(nonempty: Bool[Array, "G C"]) -> tuple[Array, Array]:
     return prev, nxt
 
 
+def key_runs(sel: Bool[Array, "G X Ck"], k_sizes: Int[Array, "G Ck"], *, num_k: int):
+    """Runs of consecutive selected key clusters (empty clusters have no rows and are skipped over), for
+    ``sel`` rows of any kind (a query tile's union, a query cluster's selection). Each run is described at
+    its first cluster (a *head*), so no list of runs is ever compacted: ``(heads [G, X, Ck], k_start
+    [G, Ck], run_end [G, X, Ck])``, ``run_end`` being the end row of the run a head starts (meaningful at
+    heads)."""
+    prev, nxt = _neighbours(k_sizes > 0)  # [G, Ck]
+    padded = jnp.pad(sel, ((0, 0), (0, 0), (1, 1)))
+    sel_at = lambda idx: jnp.take_along_axis(padded, jnp.broadcast_to(idx[:, None, :] + 1, sel.shape), axis=2)
+    heads = sel & ~sel_at(prev)
+    ends = sel & ~sel_at(nxt)
+    k_end = jnp.cumsum(k_sizes, axis=-1, dtype=jnp.int32)
+    # The nearest run end at or after a head is its own run's end (runs do not interleave), and the end
+    # rows grow with the cluster, so one reverse running minimum of the end rows gives each head its run's.
+    run_end = jax.lax.cummin(jnp.where(ends, k_end[:, None, :], jnp.int32(num_k + 1)), axis=2, reverse=True)
+    return heads, k_end - k_sizes, run_end
+
+
 def _plan(
     q_sizes, k_sizes, cmap, *, num_q: int, num_k: int, block_q: int, block_k: int, row_align: int, width: int
 ):
@@ -229,21 +247,8 @@ def _plan(
     union = votes > 0
     mixed = union & (votes < present_q[:, :, None])  # selected by some, not all, of the tile's clusters
 
-    # Runs of consecutive selected key clusters (empty clusters have no rows and are skipped over). Each
-    # run is described at its first cluster j (a "head"), so no list of runs is ever compacted.
-    prev, nxt = _neighbours(k_nonempty)  # [G, Ck]
-    sel_at = lambda idx: jnp.take_along_axis(
-        jnp.pad(union, ((0, 0), (0, 0), (1, 1))), jnp.broadcast_to(idx[:, None, :] + 1, union.shape), axis=2
-    )
-    heads = union & ~sel_at(prev)  # [G, nqt, Ck]
-    ends = union & ~sel_at(nxt)
-    k_end = jnp.cumsum(k_sizes, axis=-1, dtype=jnp.int32)  # [G, Ck]
-    k_start = k_end - k_sizes
+    heads, k_start, run_end_row = key_runs(union, k_sizes, num_k=num_k)  # [G, nqt, Ck], [G, Ck], [G, nqt, Ck]
     idx = jnp.arange(ck, dtype=jnp.int32)
-    # The nearest run end at or after a head is its own run's end (runs do not interleave), and the end
-    # rows grow with the cluster, so one reverse running minimum of the end rows gives each head its run's.
-    no_end = jnp.int32(num_k + 1)
-    run_end_row = jax.lax.cummin(jnp.where(ends, k_end[:, None, :], no_end), axis=2, reverse=True)
     row_lead = k_start % row_align  # [G, Ck] the first chunk starts `lead` rows before the run
     row_start = k_start - row_lead
     n_chunks = jnp.where(heads, -(-(run_end_row - row_start[:, None, :]) // block_k), 0)  # [G, nqt, Ck]

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
-from .cluster_plan import _neighbours
+from .cluster_plan import key_runs
 from .reference import cluster_labels, masked_attention_reference
 
 # Default rows per page. 16-row pages waste more rows than 8-row ones (random maps at Wan 720p d=0.13: 1.48×
@@ -186,20 +186,12 @@ def page_plan(
 
 
 def _runs(k_sizes, cmap, *, num_k: int, rows: int):
-    """Per ``[G, Cu, Ck]``: whether key cluster ``j`` heads a run of selected clusters (empty clusters
-    skipped over, as in the chunk plan), the run's first page and its page count (0 off heads); and the
-    key clusters' first rows ``[G, 1, Ck]``. ``k_sizes [G, Ck]``, ``cmap [G, Cu, Ck]``."""
-    nonempty = k_sizes > 0
-    sel = cmap & nonempty[:, None, :]
-    # Each run is described at its head; the nearest run end at or after a head is its own run's end row.
-    prev, nxt = _neighbours(nonempty)
-    padded = jnp.pad(sel, ((0, 0), (0, 0), (1, 1)))
-    sel_at = lambda idx: jnp.take_along_axis(padded, jnp.broadcast_to(idx[:, None, :] + 1, sel.shape), axis=2)
-    heads = sel & ~sel_at(prev)
-    ends = sel & ~sel_at(nxt)
-    k_end = jnp.cumsum(k_sizes, axis=-1, dtype=jnp.int32)
-    k_start = (k_end - k_sizes)[:, None, :]
-    run_end = jax.lax.cummin(jnp.where(ends, k_end[:, None, :], num_k + 1), axis=2, reverse=True)
+    """Per ``[G, Cu, Ck]``: the heads of the runs of selected key clusters (:func:`.cluster_plan.key_runs`),
+    their end rows, first pages and page counts (0 off heads); and the key clusters' first rows
+    ``[G, 1, Ck]``. ``k_sizes [G, Ck]``, ``cmap [G, Cu, Ck]``."""
+    sel = cmap & (k_sizes > 0)[:, None, :]
+    heads, k_start, run_end = key_runs(sel, k_sizes, num_k=num_k)
+    k_start = k_start[:, None, :]
     first_page = k_start // rows
     n_pages = jnp.where(heads, -(-run_end // rows) - first_page, 0)
     return heads, k_start, run_end, first_page, n_pages
