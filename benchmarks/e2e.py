@@ -39,7 +39,7 @@ from svg_jax.convert.params import param_shapes, with_params
 from svg_jax.models import WAN_PRESETS, WanConfig, WanTransformer3DModel
 from svg_jax.sampling import sample
 from svg_jax.schedulers import UniPCMultistepScheduler
-from svg_jax.svg2 import QUERY_TILES
+from svg_jax.svg2 import QUERY_TILES, QUERY_TILINGS
 
 MODELS = {
     "wan2.1-14b-720p": ("wan2.1-t2v-14b", "wan2.1-t2v-14b-720p"),
@@ -75,6 +75,7 @@ COLUMNS = [
     "step_ms",
     "density_sparse_layers",
     "aligned_tiles_share",
+    "paged_share",
     "step_speedup",
     "projected_50_step_s",
     "projected_speedup",
@@ -154,12 +155,14 @@ def time_steps(model, inputs, attention: AttentionConfig, steps: int, shift: flo
     sparse_layers = ~jnp.asarray(result.stats.dense)[1:]  # [S-1, P, L]
     layer_density = density[1:].mean(axis=(-1, -2))  # [S-1, P, L]
     n_sparse = int(sparse_layers.sum())
-    aligned = result.stats.aligned_tiles  # SVG2: [S, P, L], the query tiling each layer ran
-    aligned_share = (
-        float((jnp.asarray(aligned)[1:] & sparse_layers).sum() / n_sparse)
-        if aligned is not None and n_sparse
-        else None
-    )
+    tiling = result.stats.query_tiling  # SVG2: [S, P, L], the query tiling each layer ran (-1 dense)
+
+    def share(*names):  # of the sparse layers after step 0 (SVG2 only)
+        if tiling is None or not n_sparse:
+            return None
+        ran = jnp.isin(jnp.asarray(tiling)[1:], jnp.asarray([QUERY_TILINGS.index(x) for x in names]))
+        return float((ran & sparse_layers).sum() / n_sparse)
+
     return {
         "step_ms": statistics.median(step_ms),
         "step_ms_all": step_ms,
@@ -168,7 +171,8 @@ def time_steps(model, inputs, attention: AttentionConfig, steps: int, shift: flo
         "density_sparse_layers": float((layer_density * sparse_layers).sum() / n_sparse)
         if n_sparse
         else None,
-        "aligned_tiles_share": aligned_share,  # of the sparse layers after step 0 (SVG2 only)
+        "aligned_tiles_share": share("aligned", "paged"),  # query tiles aligned to clusters (pages too)
+        "paged_share": share("paged"),
     }
 
 

@@ -1,21 +1,23 @@
 #!/usr/bin/env bash
 # The GPU measurements issue #7 still waits for, in four device calls of under ten minutes each, most
 # important first; each step has its own time limit, so what finished survives a later timeout.
-#   bash benchmarks/open_measurements.sh OUT_DIR PART      (PART 1 to 4)
+#   bash benchmarks/open_measurements.sh OUT_DIR PART      (PART 1 to 5)
 # (Measured 2026-12-07 on an H100 and so dropped from here: query_tiles.py with the edge-only mask and key
 # pages, the edge-mask GPU tests, the paged kernel's GPU tests, Wan2.1-14B SVG2 d=0.13 / d=0.3 with "auto".)
-# Part 1: the GPU tests of `fold_scale` (the softmax scale inside the exponent) and of SVG2 with
-#   query_tiles="paged" (16-row pages); `fold_scale` off / on for the cluster kernel on the SVG2 plan and on
-#   random maps (mosaic_steps.py); SVG2's overhead with query_tiles="auto" (svg2_overhead.py).
+# Part 1: the GPU tests of `fold_scale` (the softmax scale inside the exponent) and of SVG2's compiled
+#   pipeline (query_tiles "auto", which now picks among fixed, aligned and paged tiles, and "paged");
+#   `fold_scale` off / on for the cluster kernel on the SVG2 plan and on random maps (mosaic_steps.py);
+#   SVG2's overhead with the three-way "auto" (svg2_overhead.py).
 # Part 2: Wan2.1-1.3B 480p end to end, dense and SVG2 d=0.13 / d=0.3 with "auto" (the rows'
-#   aligned_tiles_share says which tiling the layers ran).
+#   aligned_tiles_share and paged_share say which tiling the layers ran).
 # Part 3: Wan2.1-14B 720p end to end: the dense step again on the same card (the 22.49 s baseline is from
-#   another H100 call), then SVG2 d=0.13 with query_tiles="paged".
+#   another H100 call), then SVG2 d=0.13 with the three-way "auto".
 # Part 4: HunyuanVideo 720p x 129 frames end to end, dense and SVG2 at the fixed densities, with the
 #   edge-only mask and "auto" (its rows were last run on an H200, before aligned tiles existed).
+# Part 5: Wan2.1-14B 720p SVG2 d=0.3 with the three-way "auto" (after part 3: uses its dense step).
 set -uo pipefail
 out=$(realpath -m "${1:?usage: open_measurements.sh OUT_DIR PART}")
-part=${2:?usage: open_measurements.sh OUT_DIR PART (1 to 4)}
+part=${2:?usage: open_measurements.sh OUT_DIR PART (1 to 5)}
 mkdir -p "$out"
 cd "$(dirname "$0")/.."
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
@@ -28,8 +30,9 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to OUT_DIR/
 }
 case $part in
   1)
-    step gpu_tests 150 python3 -m pytest -q -m gpu -p no:benchmark tests/test_cluster_sparse_attention.py \
-      tests/test_block_sparse_attention.py tests/test_svg2.py -k "fold or paged"
+    step gpu_fold 150 python3 -m pytest -q -m gpu -p no:benchmark tests/test_cluster_sparse_attention.py \
+      tests/test_block_sparse_attention.py -k fold
+    step gpu_svg2 200 python3 -m pytest -q -m gpu -p no:benchmark tests/test_svg2.py -k pipeline_compiled
     step fold_scale 200 python3 benchmarks/mosaic_steps.py --only svg2 random --steps 1,2,1,0 1,2,1,1 \
       --rounds 3 --out "$out/mosaic_steps_fold_scale.json"
     step svg2_overhead 150 python3 benchmarks/svg2_overhead.py --quick --rounds 2 \
@@ -42,12 +45,16 @@ case $part in
   3)
     step e2e_wan14b_dense 300 bash -c "cd benchmarks && python3 e2e.py --models wan2.1-14b-720p --steps 2 \
       --only dense --no-share --out '$out/e2e_wan14b_dense.json'"
-    step e2e_wan14b_paged 260 bash -c "cd benchmarks && python3 e2e.py --models wan2.1-14b-720p --steps 2 \
-      --only 'svg2 d=0.13' --query-tiles paged --no-share --dense-step-ms 22490 --out '$out/e2e_wan14b_paged.json'"
+    step e2e_wan14b_auto3 260 bash -c "cd benchmarks && python3 e2e.py --models wan2.1-14b-720p --steps 2 \
+      --only 'svg2 d=0.13' --no-share --dense-step-ms 22490 --out '$out/e2e_wan14b_auto3_d013.json'"
     ;;
   4)
     step e2e_hunyuan 560 bash -c "cd benchmarks && python3 e2e_hunyuan.py --only 'dense,svg2 d=0.13,svg2 d=0.3' \
       --no-share --out '$out/e2e_hunyuan.json'"
     ;;
-  *) echo "PART must be 1 to 4; got $part" >&2 && exit 2 ;;
+  5)
+    step e2e_wan14b_auto3 300 bash -c "cd benchmarks && python3 e2e.py --models wan2.1-14b-720p --steps 2 \
+      --only 'svg2 d=0.3' --no-share --dense-step-ms ${DENSE_STEP_MS:-22490} --out '$out/e2e_wan14b_auto3_d03.json'"
+    ;;
+  *) echo "PART must be 1 to 5; got $part" >&2 && exit 2 ;;
 esac

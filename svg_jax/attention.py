@@ -125,7 +125,7 @@ class AttentionStats:
     """Per-layer diagnostics; the model's scan stacks them, so every field gains a leading ``L`` axis.
 
     Dense layers report ``dense=True``, ``density=1``, ``head_choice=-1``, ``estimated_recall=1``, 0
-    k-means iterations and ``aligned_tiles=False``. Method-specific fields are None for other methods (the
+    k-means iterations and ``query_tiling=-1``. Method-specific fields are None for other methods (the
     same in both branches).
     """
 
@@ -135,7 +135,8 @@ class AttentionStats:
     estimated_recall: Float[Array, "*L B H"] | None = None  # SVG2: centroid-estimated mass kept
     q_kmeans_iters: Int[Array, "*L"] | None = None  # SVG2: Lloyd iterations on Q (0 when dense)
     k_kmeans_iters: Int[Array, "*L"] | None = None  # SVG2: Lloyd iterations on K
-    aligned_tiles: Bool[Array, "*L"] | None = None  # SVG2: query tiles aligned to clusters (False when dense)
+    # SVG2: the query tiling the layer ran, an index into svg2.QUERY_TILINGS (-1 when dense)
+    query_tiling: Int[Array, "*L"] | None = None
 
 
 @runtime_checkable  # beartype/jaxtyping check only that it is callable
@@ -225,7 +226,7 @@ def _dense_stats(config: AttentionConfig, b: int, h: int) -> AttentionStats:
             estimated_recall=ones,
             q_kmeans_iters=zero,
             k_kmeans_iters=zero,
-            aligned_tiles=jnp.zeros((), jnp.bool_),
+            query_tiling=jnp.full((), -1, jnp.int32),
         )
     return stats
 
@@ -307,7 +308,7 @@ def make_attn_fn(
             estimated_recall=s2.estimated_recall.astype(jnp.float32),
             q_kmeans_iters=s2.q_kmeans_iters.astype(jnp.int32),
             k_kmeans_iters=s2.k_kmeans_iters.astype(jnp.int32),
-            aligned_tiles=s2.aligned_tiles,
+            query_tiling=s2.query_tiling.astype(jnp.int32),
         )
         return out.astype(q.dtype), dataclasses.replace(state, svg2=cache), stats
 

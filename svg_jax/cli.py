@@ -186,9 +186,8 @@ def _add_generate(subparsers: argparse._SubParsersAction) -> None:
         "--query-tiles",
         choices=QUERY_TILES,
         help="SVG2 query tiling of the attention kernel (not official): fixed (tiles across cluster "
-        "boundaries), aligned (each query cluster padded to whole tiles), auto (per call the cheaper of "
-        "those by the plan's estimate; the default) or paged (aligned, key tiles from 16-row pages; Hopper "
-        "only)",
+        "boundaries), aligned (each query cluster padded to whole tiles), paged (aligned, key tiles from "
+        "16-row pages; Hopper only) or auto (per call the cheapest of those by work estimates; the default)",
     )
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

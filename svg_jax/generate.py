@@ -36,6 +36,7 @@ from svg_jax.loading import load
 from svg_jax.models import WanConfig
 from svg_jax.sampling import SamplingResult, sample
 from svg_jax.schedulers import UniPCMultistepScheduler
+from svg_jax.svg2 import QUERY_TILINGS
 
 log = logging.getLogger(__name__)
 
@@ -313,8 +314,9 @@ def _step_records(result: SamplingResult, times: list[float], num_steps: int) ->
             }
             if stats.estimated_recall is not None:
                 entry["estimated_recall"] = float(stats.estimated_recall[i, :, layer].mean())
-            if stats.aligned_tiles is not None:  # SVG2: the query tiling the layer ran (per CFG pass)
-                entry["aligned_tiles"] = stats.aligned_tiles[i, :, layer].tolist()
+            if stats.query_tiling is not None:  # SVG2: the query tiling the layer ran (per CFG pass)
+                names = ("dense", *QUERY_TILINGS)  # code -1 is a dense layer
+                entry["query_tiling"] = [names[c + 1] for c in stats.query_tiling[i, :, layer].tolist()]
             if stats.head_choice is not None:
                 choice = stats.head_choice[i, :, layer]
                 entry["temporal_heads"] = int((choice == 1).sum())

@@ -29,7 +29,7 @@ from svg_jax.pallas_kernels import (
     padded_rows,
     permute_tokens,
 )
-from svg_jax.pallas_kernels.page_plan import default_page_width, page_plan, with_complete_pages
+from svg_jax.pallas_kernels.page_plan import default_page_width, page_plan, paged_cost, with_complete_pages
 from svg_jax.pallas_kernels.paged_sparse_attn_mosaic import paged_sparse_attention_mosaic
 from svg_jax.pallas_kernels.tile_aligned import align_plan, align_query_clusters, aligned_cost, fixed_cost
 from svg_jax.topp import add_text_clusters, cluster_probabilities, selected_mass, top_p_cluster_map
@@ -37,6 +37,8 @@ from svg_jax.topp import add_text_clusters, cluster_probabilities, selected_mass
 # flash-kmeans as vendored by SVG2 stops when no centroid moves by more than this (L2).
 KMEANS_TOL = 1e-4
 QUERY_TILES = ("auto", "fixed", "aligned", "paged")
+# What SVG2Stats.query_tiling counts: the tiling a call ran, as an index into this tuple.
+QUERY_TILINGS = ("fixed", "aligned", "paged")
 # What a chunk that takes a mask (a run's edge or a mixed chunk) costs the Mosaic kernel beyond one that
 # does not, in unmasked chunks: about 12.0 against 7.5 us per thousand chunks at Wan 720p on the H100
 # (benchmarks/query_tiles.py). query_tiles="auto" weighs masked chunks by it (the Triton kernel's masked
@@ -50,7 +52,7 @@ ALIGNED_EDGE_WEIGHT = 0.15
 # costs about 8.3 us per thousand (1.11 of 7.5), one with an invalid column about 1.05 more (0.14). Counted
 # on the built plans of the three problems of benchmarks/query_tiles.py with these weights, the work gives
 # the measured kernel times at 7.42-7.53 us per unit for the aligned (edge mask) and paged kernels and at
-# 7.56-8.10 for the fixed one (H100). Not yet used by "auto": "paged" has not run end to end.
+# 7.56-8.10 for the fixed one (H100), so "auto" compares the three tilings by them on the Mosaic path.
 PAGED_TILE_WEIGHT = 1.11
 PAGED_PARTIAL_WEIGHT = 0.14
 
@@ -77,11 +79,11 @@ class SVG2Config:
     # Not an official flag: how the attention kernel tiles the cluster-sorted queries. "fixed": tiles cut
     # across cluster boundaries (a tile spanning two query clusters computes the union of their
     # selections, masked where they differ); "aligned": each query cluster padded to whole tiles of its
-    # own (pallas_kernels.tile_aligned); "auto": per call, whichever of those two the plan's work estimate
-    # favours; "paged" (Mosaic kernel only): aligned tiles whose key tiles are assembled from 16-row pages
-    # (pallas_kernels.page_plan), so runs of selected key clusters are computed to the nearest page instead
-    # of the nearest key tile: 9% faster than "aligned" on random maps, 10% slower on structured ones
-    # (Wan 720p, H100), and not in "auto" (no estimate of its work yet, nor an end-to-end run).
+    # own (pallas_kernels.tile_aligned); "paged" (Mosaic kernel only): aligned tiles whose key tiles are
+    # assembled from 16-row pages (pallas_kernels.page_plan), so runs of selected key clusters are computed
+    # to the nearest page instead of the nearest key tile: 9% faster than "aligned" on random maps, 10%
+    # slower on structured ones (Wan 720p, H100); "auto": per call, whichever of those the work estimates
+    # favour (query_tiling_costs; "paged" only on the Mosaic path).
     query_tiles: str = "auto"
 
     def __post_init__(self):
@@ -236,9 +238,9 @@ class SVG2Stats:
     estimated_recall: Float[Array, "B H"]  # centroid-estimated attention mass kept, query-size weighted
     q_kmeans_iters: Int[Array, ""]  # Lloyd iterations run on Q
     k_kmeans_iters: Int[Array, ""]
-    # Whether the attention ran on query tiles aligned to query clusters (SVG2Config.query_tiles; what
-    # "auto" picked; "paged" tiles are aligned too). None from svg2_plan, which does not run the attention.
-    aligned_tiles: Bool[Array, ""] | None = None
+    # The query tiling the attention ran, an index into QUERY_TILINGS (SVG2Config.query_tiles; what "auto"
+    # picked). None from svg2_plan, which does not run the attention.
+    query_tiling: Int[Array, ""] | None = None
 
 
 def _split_text(x: Float[Array, "B N H D"], text: TextTokens | None):
@@ -414,7 +416,8 @@ def apply_svg2_plan(
     order, text tokens, and the kernel's padding rows: :func:`~svg_jax.pallas_kernels.padded_rows`), so
     nothing is split, concatenated or padded apart; one gather of the kernel's output restores the order.
     ``query_tiles`` (:attr:`SVG2Config.query_tiles`) picks how the query rows are tiled: ``"auto"``
-    compiles both tilings and runs the one the chunk plan estimates cheaper (``lax.cond``).
+    compiles every tiling the path has (fixed and aligned; paged too on the Mosaic path) and runs the one
+    estimated cheapest (:func:`choose_query_tiles`, ``lax.switch``).
     """
     out, _ = _apply_svg2_plan(
         q,
@@ -433,7 +436,7 @@ def apply_svg2_plan(
 def _apply_svg2_plan(
     q, k, v, plan: SVG2Plan, *, text, sm_scale, query_tiles: str, implementation: str, interpret
 ) -> tuple[Float[Array, "B N H D"], Bool[Array, ""]]:
-    """:func:`apply_svg2_plan`, and whether it ran the aligned tiling."""
+    """:func:`apply_svg2_plan`, and the tiling it ran (an index into :data:`QUERY_TILINGS`)."""
     if query_tiles not in QUERY_TILES:
         raise ValueError(f"query_tiles must be one of {QUERY_TILES}; got {query_tiles!r}")
     n = q.shape[1]
@@ -465,18 +468,16 @@ def _apply_svg2_plan(
         return attend(al.source(q_src), tiles, al.restore(inverse_permutation(q_src)))
 
     def paged(_):
-        bq, bk = tile_plan.block_q, tile_plan.block_k
-        al = align_query_clusters(plan.q_cluster_sizes, plan.cluster_map, num_q=n, block_q=bq)
-        k_clusters = plan.k_cluster_sizes.shape[-1]
-        width = default_page_width(n, k_clusters, bk)
+        al = align_query_clusters(plan.q_cluster_sizes, plan.cluster_map, num_q=n, block_q=tile_plan.block_q)
+        width = default_page_width(n, plan.k_cluster_sizes.shape[-1], tile_plan.block_k)
         pages = page_plan(
             al.sizes,
             plan.k_cluster_sizes,
             al.cluster_map,
             num_q=al.rows,
             num_k=n,
-            block_q=bq,
-            block_k=bk,
+            block_q=tile_plan.block_q,
+            block_k=tile_plan.block_k,
             width=width,
         )
         q_src = _kernel_order(plan.q_perm, text, n, n)
@@ -485,35 +486,71 @@ def _apply_svg2_plan(
         out = with_complete_pages(pages, lambda p: paged_sparse_attention_mosaic(qs, ks, vs, p, sm_scale=sm))
         return permute_tokens([out], al.restore(inverse_permutation(q_src)), **perm_opts)[0]
 
+    code = lambda name: jnp.int32(QUERY_TILINGS.index(name))
     if query_tiles == "paged" and tile_plan is not None:
         if impl != "pallas_mosaic":
             raise ValueError(
                 f"query_tiles='paged' runs the Mosaic GPU kernel only (Hopper, bf16/f16); this call resolved "
                 f"implementation={impl!r}: use query_tiles='auto', 'fixed' or 'aligned' there"
             )
-        return paged(None), jnp.ones((), jnp.bool_)
-    if tile_plan is None or query_tiles in ("fixed", "paged"):  # (the oracle has no tiles)
-        return fixed(None), jnp.zeros((), jnp.bool_)
+        return paged(None), code("paged")
+    if tile_plan is None or query_tiles == "fixed":  # (the oracle has no tiles)
+        return fixed(None), code("fixed")
     if query_tiles == "aligned":
-        return aligned(None), jnp.ones((), jnp.bool_)
-    pick = prefer_aligned_tiles(tile_plan, *sizes)
-    return jax.lax.cond(pick, aligned, fixed, None), pick
+        return aligned(None), code("aligned")
+    branches = (fixed, aligned, paged) if impl == "pallas_mosaic" else (fixed, aligned)
+    pick = choose_query_tiles(tile_plan, *sizes, num_tokens=n, paged=len(branches) == 3)
+    return jax.lax.switch(pick, branches, None), pick
 
 
-def prefer_aligned_tiles(
+def query_tiling_costs(
     tile_plan: ClusterTilePlan,
     q_cluster_sizes: Int[Array, "B H Cq"],
     k_cluster_sizes: Int[Array, "B H Ck"],
     cluster_map: Bool[Array, "B H Cq Ck"],
-) -> Bool[Array, ""]:
-    """``query_tiles="auto"``'s choice: whether the aligned tiling's estimated work
-    (:func:`~svg_jax.pallas_kernels.tile_aligned.aligned_cost`) is below the fixed plan's
-    (:func:`~svg_jax.pallas_kernels.tile_aligned.fixed_cost`), summed over batch and heads. The fixed
-    plan's masked chunks weigh :data:`MASKED_CHUNK_WEIGHT`, the aligned plan's (run edges, one column bias
-    each) :data:`ALIGNED_EDGE_WEIGHT`."""
-    blocks = dict(block_q=tile_plan.block_q, block_k=tile_plan.block_k, masked_weight=ALIGNED_EDGE_WEIGHT)
-    aligned = aligned_cost(q_cluster_sizes, k_cluster_sizes, cluster_map, **blocks)
-    return jnp.sum(aligned) < jnp.sum(fixed_cost(tile_plan, MASKED_CHUNK_WEIGHT))
+    *,
+    num_tokens: int,
+    paged: bool,
+) -> Float[Array, " T"]:
+    """The estimated work of each tiling of :data:`QUERY_TILINGS` (the paged one only with ``paged``),
+    summed over batch and heads, in unmasked chunks of the cluster kernel: the fixed plan's chunks with
+    its masked ones at :data:`MASKED_CHUNK_WEIGHT` (:func:`~svg_jax.pallas_kernels.tile_aligned.fixed_cost`,
+    the plan is built), the aligned plan's estimated from the map with its run edges at
+    :data:`ALIGNED_EDGE_WEIGHT` (:func:`~svg_jax.pallas_kernels.tile_aligned.aligned_cost`), and the
+    paged kernel's key tiles and partial tiles at :data:`PAGED_TILE_WEIGHT` and :data:`PAGED_PARTIAL_WEIGHT`
+    (:func:`~svg_jax.pallas_kernels.page_plan.paged_cost`, on the aligned query layout). Neither of the
+    last two builds its plan."""
+    bq, bk = tile_plan.block_q, tile_plan.block_k
+    fixed = jnp.sum(fixed_cost(tile_plan, MASKED_CHUNK_WEIGHT))
+    blocks = dict(block_q=bq, block_k=bk)
+    aligned = aligned_cost(
+        q_cluster_sizes, k_cluster_sizes, cluster_map, **blocks, masked_weight=ALIGNED_EDGE_WEIGHT
+    )
+    costs = [fixed, jnp.sum(aligned)]
+    if paged:
+        al = align_query_clusters(q_cluster_sizes, cluster_map, num_q=num_tokens, block_q=bq)
+        weights = dict(tile_weight=PAGED_TILE_WEIGHT, partial_weight=PAGED_PARTIAL_WEIGHT)
+        pages = paged_cost(al.sizes, k_cluster_sizes, al.cluster_map, num_k=num_tokens, **blocks, **weights)
+        costs.append(jnp.sum(pages))
+    return jnp.stack(costs).astype(jnp.float32)
+
+
+def choose_query_tiles(
+    tile_plan: ClusterTilePlan,
+    q_cluster_sizes: Int[Array, "B H Cq"],
+    k_cluster_sizes: Int[Array, "B H Ck"],
+    cluster_map: Bool[Array, "B H Cq Ck"],
+    *,
+    num_tokens: int,
+    paged: bool,
+) -> Int[Array, ""]:
+    """``query_tiles="auto"``'s choice, an index into :data:`QUERY_TILINGS`: the tiling of least estimated
+    work (:func:`query_tiling_costs`; the first of equal ones). ``num_tokens`` is the sequence length (queries
+    and keys alike); ``paged`` lets it pick the paged kernel (Mosaic only)."""
+    costs = query_tiling_costs(
+        tile_plan, q_cluster_sizes, k_cluster_sizes, cluster_map, num_tokens=num_tokens, paged=paged
+    )
+    return jnp.argmin(costs).astype(jnp.int32)
 
 
 def svg2_attention(
@@ -548,7 +585,7 @@ def svg2_attention(
         implementation=implementation,
         interpret=interpret,
     )
-    out, aligned = _apply_svg2_plan(
+    out, tiling = _apply_svg2_plan(
         q,
         k,
         v,
@@ -559,4 +596,4 @@ def svg2_attention(
         implementation=implementation,
         interpret=interpret,
     )
-    return out, new_cache, dataclasses.replace(stats, aligned_tiles=aligned)
+    return out, new_cache, dataclasses.replace(stats, query_tiling=tiling)

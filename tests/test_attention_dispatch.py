@@ -216,7 +216,8 @@ def test_svg2_real_settings_warm_second_call_and_no_recompile(model):
     assert 1 <= int(stats1.q_kmeans_iters[1]) <= SVG2_REAL.kmeans_init_iters
     assert 1 <= int(stats2.q_kmeans_iters[1]) <= SVG2_REAL.kmeans_warm_iters
     assert int(stats1.q_kmeans_iters[0]) == 0 and float(stats1.estimated_recall[0].min()) == 1.0
-    assert stats1.aligned_tiles.shape == (LAYERS,) and not bool(stats1.aligned_tiles[0])  # dense: False
+    assert stats1.query_tiling.shape == (LAYERS,) and int(stats1.query_tiling[0]) == -1  # dense: -1
+    assert int(stats1.query_tiling[1]) in (0, 1)  # a CPU tiling (fixed or aligned)
     assert 0.0 < float(stats2.density[1].max()) < 1.0
     assert not np.allclose(state2.svg2.q_centroids[1], 0.0)
 

@@ -243,9 +243,9 @@ def test_pipeline_pallas_interpret_matches_xla(case, query_tiles):
                   static_argnums=0)
     (out, _, stats), (ref, _, ref_stats) = run("pallas_triton"), run("xla")
     np.testing.assert_allclose(out, ref, atol=1e-5, rtol=1e-5)
-    assert not bool(ref_stats.aligned_tiles)  # the oracle path has no tiles
-    if query_tiles != "auto":  # the stats name the tiling that ran
-        assert bool(stats.aligned_tiles) == (query_tiles == "aligned")
+    assert svg2.QUERY_TILINGS[int(ref_stats.query_tiling)] == "fixed"  # the oracle path has no tiles
+    ran = svg2.QUERY_TILINGS[int(stats.query_tiling)]  # the stats name the tiling that ran
+    assert ran == query_tiles if query_tiles != "auto" else ran in ("fixed", "aligned")  # paged: Mosaic only
 
 
 def test_paged_query_tiles_need_the_mosaic_kernel():
@@ -270,9 +270,12 @@ def test_apply_plan_rejects_unknown_query_tiles():
         apply_svg2_plan(q, k, v, plan, query_tiles="cluster")
 
 
-def test_auto_query_tiles_prefer_aligned_on_unstructured_maps():
+@pytest.mark.parametrize("paged", [False, True])
+def test_auto_query_tiles_follow_the_map(paged):
     """"auto" aligns the tiles where neighbouring query clusters select unlike key clusters (a random
-    map: fixed tiles compute unions, masked), not where they select alike (equal rows: no masks)."""
+    map: fixed tiles compute unions, masked), and lists key pages there when it may (the Mosaic path: short
+    runs of selected key rows waste less in pages than in 64-row chunks), but keeps fixed tiles where
+    neighbours select alike (equal rows in long bands: no masks, few run edges)."""
     rng = np.random.default_rng(0)
     b, h, n, cq, ck = 1, 2, 4000, 20, 60
     qs = jnp.asarray(np.full((b, h, cq), n // cq), jnp.int32)
@@ -284,8 +287,11 @@ def test_auto_query_tiles_prefer_aligned_on_unstructured_maps():
     choose = {}
     for name, cmap in (("random", random_map), ("banded", banded)):
         _, tiles = cluster_plan_for(q, q, qs, ks, cmap, implementation="pallas_mosaic")
-        choose[name] = bool(svg2.prefer_aligned_tiles(tiles, qs, ks, cmap))
-    assert choose == {"random": True, "banded": False}
+        pick = svg2.choose_query_tiles(tiles, qs, ks, cmap, num_tokens=n, paged=paged)
+        choose[name] = svg2.QUERY_TILINGS[int(pick)]
+        costs = svg2.query_tiling_costs(tiles, qs, ks, cmap, num_tokens=n, paged=paged)
+        assert costs.shape == (3 if paged else 2,) and int(pick) == int(jnp.argmin(costs))
+    assert choose == {"random": "paged" if paged else "aligned", "banded": "fixed"}
 
 
 def test_top_p_one_is_dense():
@@ -419,7 +425,8 @@ def test_pipeline_compiled_gpu(n, text, query_tiles):
     cache = SVG2Cache.create(1, b, h, cfg, d).layer(0)
     opts = dict(config=cfg, cache=cache, key=jax.random.key(0), text=text)
     fn = jax.jit(lambda q, k, v: (svg2_attention(q, k, v, **opts), svg2_plan(q, k, **opts)[0]))
-    (out, _, _), plan = fn(q, k, v)
+    (out, _, stats), plan = fn(q, k, v)
+    assert 0 <= int(stats.query_tiling) < len(svg2.QUERY_TILINGS)  # "auto": one of the three ran
     ref = apply_svg2_plan(q, k, v, plan, text=text, implementation="xla")
     err = np.linalg.norm(np.asarray(out, np.float32) - np.asarray(ref, np.float32))
     assert err / np.linalg.norm(np.asarray(ref, np.float32)) < 2e-2
