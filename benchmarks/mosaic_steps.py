@@ -18,6 +18,9 @@ left out). Timed here, all at B1 H40 N75600 D128 bf16 (Wan
   clusters, the plan ``svg2_attention`` builds);
 * ``random``: the cluster kernel on random 300 × 1000 maps (each pair with probability 0.13, what random
   weights look like);
+* ``aligned``: the cluster kernel with the edge-only mask on those random maps laid out in aligned query
+  tiles (what SVG2's ``"auto"`` ran on the random-weight Wan 14B layers);
+* ``paged``: the paged kernel (16-row key pages) on the same aligned layout (``tiles_per_step`` must be 1);
 * ``block``: the block kernel on random lists of 64-row and 128-row key blocks (density 0.15, and
   ``--block-densities`` more for 128-row blocks).
 
@@ -52,6 +55,9 @@ from svg_jax import svg2  # noqa: E402
 from svg_jax.pallas_kernels import cluster_tile_plan  # noqa: E402
 from svg_jax.pallas_kernels.block_sparse_attn_mosaic import block_sparse_attention_mosaic  # noqa: E402
 from svg_jax.pallas_kernels.cluster_sparse_attn_mosaic import cluster_sparse_attention_mosaic  # noqa: E402
+from svg_jax.pallas_kernels.page_plan import page_plan  # noqa: E402
+from svg_jax.pallas_kernels.paged_sparse_attn_mosaic import paged_sparse_attention_mosaic  # noqa: E402
+from svg_jax.pallas_kernels.tile_aligned import align_plan  # noqa: E402
 from svg_jax.svg2 import SVG2Cache, svg2_plan  # noqa: E402
 
 B, N, H, D = 1, 75600, 40, 128
@@ -143,22 +149,61 @@ def random_problem(key):
     return (gaussian_qkv(key), *random_plan(key, 0.13))
 
 
-def random_plan(key, density):
-    """Random 300 x 1000 cluster maps of this density and their chunk plan: ``(plan, useful FLOPs)``."""
+def random_maps(key, density):
+    """Random 300 x 1000 cluster sizes and maps of this density: ``(q sizes, k sizes, map, useful FLOPs)``."""
     rng = np.random.default_rng(0)
     qs, kc = random_clusters(rng, B, H, N, 300), random_clusters(rng, B, H, N, 1000)
     cmap = jax.random.bernoulli(jax.random.fold_in(key, 13), density, (B, H, 300, 1000))
+    useful = jnp.sum(qs[..., :, None] * kc[..., None, :] * cmap, dtype=jnp.float32)
+    return qs, kc, cmap, float(useful) * 4 * D
+
+
+def random_plan(key, density):
+    """Random 300 x 1000 cluster maps of this density and their chunk plan: ``(plan, useful FLOPs)``."""
+    qs, kc, cmap, useful = random_maps(key, density)
     plan_fn = functools.partial(cluster_tile_plan, num_q=N, num_k=N, block_q=128, block_k=64, row_align=8)
     tiles = jax.jit(plan_fn)(qs, kc, cmap)  # full width: random maps overflow the narrow lists
-    useful = jnp.sum(qs[..., :, None] * kc[..., None, :] * cmap, dtype=jnp.float32)
-    return tiles, float(useful) * 4 * D
+    return tiles, useful
+
+
+def aligned_problems(key, q, density, page_rows=16):
+    """The random maps in aligned query tiles: ``(aligned q, aligned chunk plan, page plan, useful FLOPs)``
+    (both plans at full width)."""
+    qs, kc, cmap, useful = random_maps(key, density)
+    plan_fn = functools.partial(cluster_tile_plan, num_q=N, num_k=N, block_q=128, block_k=64, row_align=8)
+    al, aligned = jax.jit(functools.partial(align_plan, num_q=N))(jax.jit(plan_fn)(qs, kc, cmap), qs, cmap)
+    src = jnp.broadcast_to(jnp.arange(N, dtype=jnp.int32), (B, H, N))
+    qa = jnp.take_along_axis(q, jnp.swapaxes(al.source(src), 1, 2)[..., None], axis=1)  # [B, rows, H, D]
+    pages = functools.partial(page_plan, num_q=al.rows, num_k=N, block_q=128, block_k=64, page_rows=page_rows)
+    return qa, aligned, jax.jit(pages)(al.sizes, kc, al.cluster_map), useful
+
+
+def edge_fn(per_step, stages, overlap, fold_scale=False):
+    """The cluster kernel with the edge-only mask (an aligned plan)."""
+    opts = dict(num_stages=stages, tiles_per_step=per_step, overlap=overlap, fold_scale=fold_scale)
+    return lambda q, k, v, plan: cluster_sparse_attention_mosaic(
+        q, k, v, plan, sm_scale=D**-0.5, edge_only=True, **opts
+    )
+
+
+def paged_fn(per_step, stages, overlap, fold_scale=False):
+    """The paged kernel (one key tile per step only)."""
+    if per_step != 1:
+        raise SystemExit(f"the paged kernel walks one key tile per step; got tiles_per_step={per_step}")
+    opts = dict(num_stages=stages, overlap=overlap, fold_scale=fold_scale)
+    return lambda q, k, v, plan: paged_sparse_attention_mosaic(q, k, v, plan, sm_scale=D**-0.5, **opts)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True)
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--only", nargs="+", default=["svg2", "random", "block"])
+    p.add_argument(
+        "--only",
+        nargs="+",
+        default=["svg2", "random", "block"],
+        choices=["svg2", "random", "aligned", "paged", "block"],
+    )
     p.add_argument(
         "--steps", nargs="+", default=None, help="engine variants as tiles_per_step,num_stages,overlap (0/1)"
     )
@@ -201,6 +246,32 @@ def main(argv=None) -> int:
             args.rounds,
             args.steps,
         )
+    if "aligned" in args.only or "paged" in args.only:
+        qa, aligned, pages, useful = aligned_problems(key, q, 0.13)
+        if "aligned" in args.only:
+            computed = float(aligned.computed_rows()) * 128 * 4 * D
+            rows += ab(
+                "aligned 0.13",
+                edge_fn,
+                (qa, k, v, aligned),
+                computed,
+                useful,
+                dense["median_ms"],
+                args.rounds,
+                args.steps,
+            )
+        if "paged" in args.only:
+            computed = float(pages.computed_rows()) * 128 * 4 * D
+            rows += ab(
+                "paged16 0.13",
+                paged_fn,
+                (qa, k, v, pages),
+                computed,
+                useful,
+                dense["median_ms"],
+                args.rounds,
+                args.steps,
+            )
     if "block" in args.only:
         for bk, density in [(64, 0.15), (128, 0.15)] + [(128, d) for d in args.block_densities]:
             nqb, nkb = -(-N // 128), -(-N // bk)

@@ -33,7 +33,7 @@ case $part in
     step gpu_fold 150 python3 -m pytest -q -m gpu -p no:benchmark tests/test_cluster_sparse_attention.py \
       tests/test_block_sparse_attention.py -k fold
     step gpu_svg2 200 python3 -m pytest -q -m gpu -p no:benchmark tests/test_svg2.py -k pipeline_compiled
-    step fold_scale 200 python3 benchmarks/mosaic_steps.py --only svg2 random --steps 1,2,1,0 1,2,1,1 \
+    step fold_scale 240 python3 benchmarks/mosaic_steps.py --only svg2 aligned paged --steps 1,4,1,0 1,4,1,1 1,6,1,0 \
       --rounds 3 --out "$out/mosaic_steps_fold_scale.json"
     step svg2_overhead 150 python3 benchmarks/svg2_overhead.py --quick --rounds 2 \
       --out "$out/svg2_overhead.json"
