@@ -219,59 +219,23 @@ def main(argv=None) -> int:
     key = jax.random.key(0)
     dense = time_cudnn_dense(key, B, H, N, D)
     rows = []
+    problems = []  # (name, kernel factory, operands with the plan last, useful FLOPs)
     if "svg2" in args.only:
         operands, tiles, useful = svg2_problem(key)
-        computed = float(tiles.computed_rows()) * 128 * 4 * D
-        rows += ab(
-            "svg2",
-            cluster_fn,
-            (*operands, tiles),
-            computed,
-            useful,
-            dense["median_ms"],
-            args.rounds,
-            args.steps,
-        )
+        problems.append(("svg2", cluster_fn, (*operands, tiles), useful))
     q, k, v = gaussian_qkv(key)
     if "random" in args.only:
         tiles, useful = random_plan(key, 0.13)
-        computed = float(tiles.computed_rows()) * 128 * 4 * D
-        rows += ab(
-            "random 0.13",
-            cluster_fn,
-            (q, k, v, tiles),
-            computed,
-            useful,
-            dense["median_ms"],
-            args.rounds,
-            args.steps,
-        )
+        problems.append(("random 0.13", cluster_fn, (q, k, v, tiles), useful))
     if "aligned" in args.only or "paged" in args.only:
         qa, aligned, pages, useful = aligned_problems(key, q, 0.13)
         if "aligned" in args.only:
-            computed = float(aligned.computed_rows()) * 128 * 4 * D
-            rows += ab(
-                "aligned 0.13",
-                edge_fn,
-                (qa, k, v, aligned),
-                computed,
-                useful,
-                dense["median_ms"],
-                args.rounds,
-                args.steps,
-            )
+            problems.append(("aligned 0.13", edge_fn, (qa, k, v, aligned), useful))
         if "paged" in args.only:
-            computed = float(pages.computed_rows()) * 128 * 4 * D
-            rows += ab(
-                "paged16 0.13",
-                paged_fn,
-                (qa, k, v, pages),
-                computed,
-                useful,
-                dense["median_ms"],
-                args.rounds,
-                args.steps,
-            )
+            problems.append(("paged16 0.13", paged_fn, (qa, k, v, pages), useful))
+    for name, make_fn, operands, useful in problems:
+        computed = float(operands[-1].computed_rows()) * 128 * 4 * D  # key rows x query tiles x 128 rows
+        rows += ab(name, make_fn, operands, computed, useful, dense["median_ms"], args.rounds, args.steps)
     if "block" in args.only:
         for bk, density in [(64, 0.15), (128, 0.15)] + [(128, d) for d in args.block_densities]:
             nqb, nkb = -(-N // 128), -(-N // bk)

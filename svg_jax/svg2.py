@@ -417,7 +417,7 @@ def apply_svg2_plan(
     nothing is split, concatenated or padded apart; one gather of the kernel's output restores the order.
     ``query_tiles`` (:attr:`SVG2Config.query_tiles`) picks how the query rows are tiled: ``"auto"``
     compiles every tiling the path has (fixed and aligned; paged too on the Mosaic path) and runs the one
-    estimated cheapest (:func:`choose_query_tiles`, ``lax.switch``).
+    estimated cheapest (:func:`query_tiling_costs`, ``lax.switch``).
     """
     out, _ = _apply_svg2_plan(
         q,
@@ -499,7 +499,8 @@ def _apply_svg2_plan(
     if query_tiles == "aligned":
         return aligned(None), code("aligned")
     branches = (fixed, aligned, paged) if impl == "pallas_mosaic" else (fixed, aligned)
-    pick = choose_query_tiles(tile_plan, *sizes, num_tokens=n, paged=len(branches) == 3)
+    costs = query_tiling_costs(tile_plan, *sizes, num_tokens=n, paged=len(branches) == 3)
+    pick = jnp.argmin(costs).astype(jnp.int32)  # the least estimated work (the first of equal ones)
     return jax.lax.switch(pick, branches, None), pick
 
 
@@ -519,7 +520,8 @@ def query_tiling_costs(
     :data:`ALIGNED_EDGE_WEIGHT` (:func:`~svg_jax.pallas_kernels.tile_aligned.aligned_cost`), and the
     paged kernel's key tiles and partial tiles at :data:`PAGED_TILE_WEIGHT` and :data:`PAGED_PARTIAL_WEIGHT`
     (:func:`~svg_jax.pallas_kernels.page_plan.paged_cost`, on the aligned query layout). Neither of the
-    last two builds its plan."""
+    last two builds its plan. ``num_tokens`` is the sequence length (queries and keys alike); ``paged``
+    adds the paged kernel's (Mosaic only). ``query_tiles="auto"`` runs the first tiling of least work."""
     bq, bk = tile_plan.block_q, tile_plan.block_k
     fixed = jnp.sum(fixed_cost(tile_plan, MASKED_CHUNK_WEIGHT))
     blocks = dict(block_q=bq, block_k=bk)
@@ -533,24 +535,6 @@ def query_tiling_costs(
         pages = paged_cost(al.sizes, k_cluster_sizes, al.cluster_map, num_k=num_tokens, **blocks, **weights)
         costs.append(jnp.sum(pages))
     return jnp.stack(costs).astype(jnp.float32)
-
-
-def choose_query_tiles(
-    tile_plan: ClusterTilePlan,
-    q_cluster_sizes: Int[Array, "B H Cq"],
-    k_cluster_sizes: Int[Array, "B H Ck"],
-    cluster_map: Bool[Array, "B H Cq Ck"],
-    *,
-    num_tokens: int,
-    paged: bool,
-) -> Int[Array, ""]:
-    """``query_tiles="auto"``'s choice, an index into :data:`QUERY_TILINGS`: the tiling of least estimated
-    work (:func:`query_tiling_costs`; the first of equal ones). ``num_tokens`` is the sequence length (queries
-    and keys alike); ``paged`` lets it pick the paged kernel (Mosaic only)."""
-    costs = query_tiling_costs(
-        tile_plan, q_cluster_sizes, k_cluster_sizes, cluster_map, num_tokens=num_tokens, paged=paged
-    )
-    return jnp.argmin(costs).astype(jnp.int32)
 
 
 def svg2_attention(
