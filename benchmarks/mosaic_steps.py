@@ -62,7 +62,12 @@ from svg_jax.svg2 import SVG2Cache, svg2_plan  # noqa: E402
 
 B, N, H, D = 1, 75600, 40, 128
 # (tiles_per_step, num_stages, overlap, fold_scale); (1, 4) separates the deeper ring's share
-STEPS = ((1, 2, False, False), (2, 4, False, False), (1, 4, False, False), (1, 2, True, False))
+STEPS = (
+    (1, 2, False, False, False),
+    (2, 4, False, False, False),
+    (1, 4, False, False, False),
+    (1, 2, True, False, False),
+)
 
 
 def kernel_ms(fn, *args) -> float:
@@ -89,6 +94,7 @@ def ab(name, make_fn, args, computed_flops, useful_flops, dense_ms, rounds, step
                 "num_stages": cfg[1],
                 "overlap": cfg[2],
                 "fold_scale": cfg[3],
+                "half_tiles": cfg[4],
                 "ms": ms,
                 "loop_ms": statistics.median(loops[cfg]),
                 "loop_samples_ms": loops[cfg],
@@ -115,7 +121,7 @@ def ab(name, make_fn, args, computed_flops, useful_flops, dense_ms, rounds, step
     return rows
 
 
-def cluster_fn(per_step, stages, overlap, fold_scale=False):
+def cluster_fn(per_step, stages, overlap, fold_scale=False, half=False):
     """The cluster kernel taking the plan as an argument (closed over, XLA folds it as a constant: slow)."""
     opts = dict(num_stages=stages, tiles_per_step=per_step, overlap=overlap, fold_scale=fold_scale)
     return lambda q, k, v, plan: cluster_sparse_attention_mosaic(q, k, v, plan, sm_scale=D**-0.5, **opts)
@@ -167,31 +173,41 @@ def random_plan(key, density):
 
 
 def aligned_problems(key, q, density, page_rows=16):
-    """The random maps in aligned query tiles: ``(aligned q, aligned chunk plan, page plan, useful FLOPs)``
-    (both plans at full width)."""
+    """The random maps in aligned query tiles: ``(aligned q, aligned chunk plan, page plan, the aligned
+    layout, useful FLOPs)`` (both plans at full width)."""
     qs, kc, cmap, useful = random_maps(key, density)
     plan_fn = functools.partial(cluster_tile_plan, num_q=N, num_k=N, block_q=128, block_k=64, row_align=8)
     al, aligned = jax.jit(functools.partial(align_plan, num_q=N))(jax.jit(plan_fn)(qs, kc, cmap), qs, cmap)
     src = jnp.broadcast_to(jnp.arange(N, dtype=jnp.int32), (B, H, N))
     qa = jnp.take_along_axis(q, jnp.swapaxes(al.source(src), 1, 2)[..., None], axis=1)  # [B, rows, H, D]
     pages = functools.partial(page_plan, num_q=al.rows, num_k=N, block_q=128, block_k=64, page_rows=page_rows)
-    return qa, aligned, jax.jit(pages)(al.sizes, kc, al.cluster_map), useful
+    return qa, aligned, jax.jit(pages)(al.sizes, kc, al.cluster_map), al, useful
 
 
-def edge_fn(per_step, stages, overlap, fold_scale=False):
-    """The cluster kernel with the edge-only mask (an aligned plan)."""
+def real_rows(out, al):
+    """The aligned output's real rows in sorted order (half tiles leave the padding rows unwritten)."""
+    return jnp.take_along_axis(out, jnp.swapaxes(al.dst, 1, 2)[..., None], axis=1)
+
+
+def edge_fn(per_step, stages, overlap, fold_scale=False, half=False, *, al):
+    """The cluster kernel with the edge-only mask on an aligned plan, its real rows; ``half``: tiles of at
+    most 64 real rows on one warpgroup (``al.tile_rows``)."""
     opts = dict(num_stages=stages, tiles_per_step=per_step, overlap=overlap, fold_scale=fold_scale)
-    return lambda q, k, v, plan: cluster_sparse_attention_mosaic(
-        q, k, v, plan, sm_scale=D**-0.5, edge_only=True, **opts
+    opts["tile_rows"] = al.tile_rows if half else None
+    return lambda q, k, v, plan: real_rows(
+        cluster_sparse_attention_mosaic(q, k, v, plan, sm_scale=D**-0.5, edge_only=True, **opts), al
     )
 
 
-def paged_fn(per_step, stages, overlap, fold_scale=False):
-    """The paged kernel (one key tile per step only)."""
+def paged_fn(per_step, stages, overlap, fold_scale=False, half=False, *, al):
+    """The paged kernel (one key tile per step only), its real rows; ``half`` as :func:`edge_fn`."""
     if per_step != 1:
         raise SystemExit(f"the paged kernel walks one key tile per step; got tiles_per_step={per_step}")
     opts = dict(num_stages=stages, overlap=overlap, fold_scale=fold_scale)
-    return lambda q, k, v, plan: paged_sparse_attention_mosaic(q, k, v, plan, sm_scale=D**-0.5, **opts)
+    opts["tile_rows"] = al.tile_rows if half else None
+    return lambda q, k, v, plan: real_rows(
+        paged_sparse_attention_mosaic(q, k, v, plan, sm_scale=D**-0.5, **opts), al
+    )
 
 
 def main(argv=None) -> int:
@@ -213,13 +229,17 @@ def main(argv=None) -> int:
         args.steps = list(STEPS)
     else:
         args.steps = [tuple(int(x) for x in s.split(",")) for s in args.steps]
-        if any(len(s) not in (3, 4) for s in args.steps):
-            p.error("--steps takes tiles_per_step,num_stages,overlap[,fold_scale], e.g. 1,2,1 or 1,2,1,1")
-        args.steps = [(s[0], s[1], bool(s[2]), bool(s[3:] and s[3])) for s in args.steps]
+        if any(len(s) not in (3, 4, 5) for s in args.steps):
+            p.error(
+                "--steps takes tiles_per_step,num_stages,overlap[,fold_scale[,half_tiles]], e.g. 1,2,1 or "
+                "1,4,1,0,1"
+            )
+        args.steps = [(*s[:2], *(bool(x) for x in (*s[2:], 0, 0)[:3])) for s in args.steps]
     key = jax.random.key(0)
     dense = time_cudnn_dense(key, B, H, N, D)
     rows = []
-    problems = []  # (name, kernel factory, operands with the plan last, useful FLOPs)
+    problems = []  # (name, kernel factory, operands with the plan last, useful FLOPs); half tiles: aligned
+
     if "svg2" in args.only:
         operands, tiles, useful = svg2_problem(key)
         problems.append(("svg2", cluster_fn, (*operands, tiles), useful))
@@ -228,21 +248,24 @@ def main(argv=None) -> int:
         tiles, useful = random_plan(key, 0.13)
         problems.append(("random 0.13", cluster_fn, (q, k, v, tiles), useful))
     if "aligned" in args.only or "paged" in args.only:
-        qa, aligned, pages, useful = aligned_problems(key, q, 0.13)
+        qa, aligned, pages, al, useful = aligned_problems(key, q, 0.13)
         if "aligned" in args.only:
-            problems.append(("aligned 0.13", edge_fn, (qa, k, v, aligned), useful))
+            edge = functools.partial(edge_fn, al=al)
+            problems.append(("aligned 0.13", edge, (qa, k, v, aligned), useful))
         if "paged" in args.only:
-            problems.append(("paged16 0.13", paged_fn, (qa, k, v, pages), useful))
+            paged = functools.partial(paged_fn, al=al)
+            problems.append(("paged16 0.13", paged, (qa, k, v, pages), useful))
     for name, make_fn, operands, useful in problems:
         computed = float(operands[-1].computed_rows()) * 128 * 4 * D  # key rows x query tiles x 128 rows
-        rows += ab(name, make_fn, operands, computed, useful, dense["median_ms"], args.rounds, args.steps)
+        steps = args.steps if make_fn is not cluster_fn else [s for s in args.steps if not s[4]]
+        rows += ab(name, make_fn, operands, computed, useful, dense["median_ms"], args.rounds, steps)
     if "block" in args.only:
         for bk, density in [(64, 0.15), (128, 0.15)] + [(128, d) for d in args.block_densities]:
             nqb, nkb = -(-N // 128), -(-N // bk)
             idx, cnt = random_block_lists(jax.random.fold_in(key, bk), B, H, nqb, nkb, density)
             computed = float(jnp.sum(cnt)) * 128 * bk * 4 * D
 
-            def make(per_step, stages, overlap, fold_scale, bk=bk, idx=idx, cnt=cnt):
+            def make(per_step, stages, overlap, fold_scale, half, bk=bk, idx=idx, cnt=cnt):
                 return lambda q, k, v: block_sparse_attention_mosaic(
                     q,
                     k,
@@ -257,7 +280,7 @@ def main(argv=None) -> int:
                     fold_scale=fold_scale,
                 )
 
-            steps = args.steps if bk == 64 else [s for s in args.steps if s[0] == 1 and s[1] <= 3]
+            steps = [s for s in args.steps if not s[4] and (bk == 64 or (s[0] == 1 and s[1] <= 3))]
             rows += ab(  # (four 128-row tiles do not fit shared memory)
                 f"block {bk} d={density}",
                 make,

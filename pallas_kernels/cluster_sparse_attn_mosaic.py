@@ -53,7 +53,16 @@ from jaxtyping import Array, Float
 
 from .cluster_plan import ClusterTilePlan, decode_chunk, decode_span
 from .common import front_order, pad_axis
-from .mosaic_flash import COL, CTA_ROWS, ROW, WG_ROWS, TileMask, check_mosaic_inputs, sparse_flash_mosaic
+from .mosaic_flash import (
+    COL,
+    CTA_ROWS,
+    ROW,
+    WG_ROWS,
+    TileMask,
+    check_mosaic_inputs,
+    paired_tiles,
+    sparse_flash_mosaic,
+)
 
 ROW_ALIGN = 8  # TMA copies into (8, 64)-tiled shared memory start at a multiple of 8 rows
 # K/V ring slots by block_k. Four 64-row slots (160 KiB of shared memory with Q) against two, H200, Wan
@@ -336,6 +345,7 @@ def cluster_sparse_attention_mosaic(
     per_warpgroup_mask: bool = True,
     edge_only: bool | None = None,
     fold_scale: bool = False,
+    tile_rows: jax.Array | None = None,
     make_mask=None,
 ) -> Float[Array, "B N H D"]:
     """Run the Mosaic kernel on a plan built with ``block_q=128``, ``block_k`` 64 or 128 and ``row_align=8``
@@ -356,6 +366,10 @@ def cluster_sparse_attention_mosaic(
     ``edge_only`` (default :data:`EDGE_ONLY_DEFAULT`) runs :func:`edge_mask`, which reads only the chunk
     starts and codes, instead of :func:`cluster_mask`; it needs a plan marked ``one_cluster_tiles``
     (:func:`.tile_aligned.align_plan`), where no chunk is mixed (``per_warpgroup_mask`` then does not apply).
+
+    ``tile_rows`` (``[B, H, nqt]``, optional): the real query rows of each tile, e.g.
+    :attr:`.tile_aligned.AlignedQueries.tile_rows`. A tile with at most 64 runs on one warpgroup and leaves
+    its other 64 rows of the output unwritten (they are padding; the engine's ``paired``).
 
     ``make_mask`` replaces the kernel's mask (:func:`cluster_mask`, same signature and full tables): an
     ablation hook for benchmarks, which then compute something else than the plan's attention."""
@@ -415,6 +429,7 @@ def cluster_sparse_attention_mosaic(
         cost=None if mask_weight is None else tile_cost(plan, mask_weight),
         overlap=overlap,
         fold_scale=fold_scale,
+        paired=paired_tiles(tile_rows, plan.chunk_counts.shape),
     )
     return out[:, :n]
 

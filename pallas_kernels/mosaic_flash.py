@@ -65,6 +65,18 @@ class TileMask(NamedTuple):
     apply: Callable
 
 
+def paired_tiles(tile_rows: jax.Array | None, shape: tuple[int, ...]) -> jax.Array | None:
+    """The engine's ``paired`` from the real query rows of each tile (``[B, H, nqt]``, or None: all)."""
+    if tile_rows is None:
+        return None
+    if tile_rows.shape != shape:
+        raise ValueError(
+            f"tile_rows must hold the real query rows of each tile, shape [B, H, nqt] = {shape}; "
+            f"got {tile_rows.shape}"
+        )
+    return tile_rows > WG_ROWS
+
+
 def mosaic_supports(q: jax.Array, block_q: int, block_k: int) -> bool:
     """Whether the Mosaic kernels take these inputs (what 'auto' asks on Hopper)."""
     try:
@@ -98,6 +110,7 @@ def _kernel(
     counts_ref,
     masked_ref,
     order_ref,
+    paired_ref,
     tables,
     q_ref,
     k_ref,
@@ -133,10 +146,6 @@ def _kernel(
     def ring(t):  # the ring slot of the CTA's t-th key tile (counted across its work items)
         return lax.rem(t, jnp.int32(stages))
 
-    def schedule_sync():
-        plgpu.barrier_arrive(schedule)
-        plgpu.barrier_wait(schedule)
-
     per = tiles_per_step
 
     def steps_of(count):  # an item's steps; a list of odd length walks one padding tile at the end
@@ -147,11 +156,23 @@ def _kernel(
         plgpu.set_max_registers(232, action="increase")
         qo_smem = qo_smem2.at[wg]
 
-        def work(r, base):
-            at = item_at(r)
+        def item(at, base, sync):  # one work item; without `sync` this warpgroup runs it alone
             batch, head, qt = at
             count = counts_ref[at]
             n_steps = steps_of(count)
+
+            def schedule_arrive():  # the ping-pong with the other warpgroup (none when alone)
+                if sync:
+                    plgpu.barrier_arrive(schedule)
+
+            def schedule_wait():
+                if sync:
+                    plgpu.barrier_wait(schedule)
+
+            def schedule_sync():
+                schedule_arrive()
+                schedule_wait()
+
             n_masked = jnp.minimum(steps_of(masked_ref[at]), n_steps)  # the steps that take the mask
             row0 = qt * CTA_ROWS + wg * WG_ROWS
             plgpu.copy_gmem_to_smem(q_ref.at[batch, pl.ds(row0, WG_ROWS), head], qo_smem, q_ready.at[wg])
@@ -167,7 +188,8 @@ def _kernel(
                 for i in range(per):
                     plgpu.barrier_wait(k_ready.at[ring(base + i)])
 
-            pl.when(wg == 1)(schedule_sync)
+            if sync:
+                pl.when(wg == 1)(schedule_sync)
 
             def slots_of(p):  # the ring slots of step p's tiles
                 return [ring(base + p * per + i) for i in range(per)]
@@ -236,10 +258,10 @@ def _kernel(
                 m_new, alpha, l_i, p16 = softmax(logits(p, ss, firsts, seconds, masked), m_i, l_i)
                 acc = rescale(acc, alpha)
                 acc, l_i, m_new, p16 = lax.optimization_barrier((acc, l_i, m_new, p16))
-                plgpu.barrier_arrive(schedule)  # softmax done
+                schedule_arrive()  # softmax done
                 for slot in slots:
                     plgpu.barrier_wait(v_ready.at[slot])
-                plgpu.barrier_wait(schedule)  # tensor cores free
+                schedule_wait()  # tensor cores free
 
                 def pv(o_ref):
                     issue_pv(o_ref, slots, p16)
@@ -293,7 +315,7 @@ def _kernel(
                     m_ref[...], l_ref[...], alpha_ref[...] = m_new, l_new, alpha
                     for p_ref, p_ in zip(p_refs, p_new, strict=True):
                         p_ref[...] = p_
-                    plgpu.barrier_arrive(schedule)  # softmax done
+                    schedule_arrive()  # softmax done
 
                 zeros = jnp.zeros((WG_ROWS, block_k), jnp.float32)  # (overwritten: only shapes matter)
                 p32 = (plgpu.layout_cast(zeros, plgpu.Layout.WGMMA),) * per
@@ -301,7 +323,7 @@ def _kernel(
                 for slot in prev:
                     plgpu.barrier_arrive(v_free.at[slot])
                 p16 = tuple(p_.astype(dtype) for p_ in p32)
-                plgpu.barrier_wait(schedule)  # tensor cores free
+                schedule_wait()  # tensor cores free
                 return rescale(acc, alpha), m_new, l_i, p16, meta
 
             def last_pv(acc, p16):  # overlap: the last step's P V
@@ -339,14 +361,34 @@ def _kernel(
                 for start, (masked, end) in zip(starts, segments, strict=True):
                     carry = lax.fori_loop(start, end, functools.partial(step, masked=masked), carry)
                 acc, m_i, l_i, _ = carry
-            pl.when(wg == 0)(schedule_sync)
+            if sync:
+                pl.when(wg == 0)(schedule_sync)
             # Rows that saw no key have l = 0 and acc = 0: output zeros, not NaN.
             acc = acc / lax.broadcast_in_dim(jnp.maximum(l_i, 1e-30), acc.shape, [0])
             qo_smem[...] = acc.astype(dtype)
             plgpu.commit_smem()
             plgpu.copy_smem_to_gmem(qo_smem, out_ref.at[batch, pl.ds(row0, WG_ROWS), head])
             plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # the buffer takes the next item's Q
-            return base + n_steps * per
+
+        def shadow(at, base):  # warpgroup 1 on an item whose 64 rows are all padding: keep the ring's count
+            @pl.loop(0, steps_of(counts_ref[at]) * per)
+            def _(j):
+                slot = ring(base + j)
+                plgpu.barrier_wait(k_ready.at[slot])
+                plgpu.barrier_arrive(k_free.at[slot])
+                plgpu.barrier_wait(v_ready.at[slot])
+                plgpu.barrier_arrive(v_free.at[slot])
+
+        def work(r, base):
+            at = item_at(r)
+            if paired_ref is None:
+                item(at, base, True)
+            else:
+                both = paired_ref[at] != 0
+                pl.when(both)(lambda: item(at, base, True))
+                pl.when(~both & (wg == 0))(lambda: item(at, base, False))
+                pl.when(~both & (wg == 1))(lambda: shadow(at, base))
+            return base + steps_of(counts_ref[at]) * per
 
         lax.fori_loop(0, rounds, work, jnp.int32(0))
         plgpu.wait_smem_to_gmem(0)
@@ -466,6 +508,7 @@ def sparse_flash_mosaic(
     overlap: bool | None = None,
     fold_scale: bool = False,
     key_pages: int = 1,
+    paired: jax.Array | None = None,
     interpret: bool = False,
 ) -> jax.Array:
     """Launch on padded operands: q ``[B, nqt·128, H, D]``; k, v ``[B, Mk, H, D]`` with every listed tile
@@ -500,6 +543,11 @@ def sparse_flash_mosaic(
     ``key_pages`` > 1 fills each key tile from that many pages of ``block_k / key_pages`` rows (a multiple
     of 8), one TMA copy each: ``key_row`` then returns a tuple of the pages' first rows, and each ring slot's
     barriers wait for that many copies (:mod:`.paged_sparse_attn_mosaic`).
+
+    ``paired`` (``[B, H, nqt]`` int, optional; default: every item) is nonzero where warpgroup 1's 64 query
+    rows hold real queries. Where it is 0, warpgroup 1 only keeps the K/V ring's count (waits for each tile
+    and frees it) and leaves its rows of the output unwritten, and warpgroup 0 runs the item alone, without
+    the ping-pong. For the last tile of a query cluster padded to whole tiles with at most 64 rows left.
     """
     if tiles_per_step not in TILES_PER_STEP:
         raise ValueError(f"tiles_per_step must be one of {TILES_PER_STEP}; got {tiles_per_step!r}")
@@ -536,15 +584,21 @@ def sparse_flash_mosaic(
             f"masked_counts must have the shape of counts {counts.shape}; got {masked_counts.shape}"
         )
     masked_counts = (masked_counts if split else counts).astype(jnp.int32)
+    if paired is not None and paired.shape != counts.shape:
+        raise ValueError(f"paired must have the shape of counts {counts.shape}; got {paired.shape}")
+    extra = () if paired is None else (paired.astype(jnp.int32),)
 
     def sparse_flash_attention(*refs):  # (the profiler's kernel name)
         counts_ref, masked_ref, order_ref = refs[:3]
-        tabs, (q_ref, k_ref, v_ref, out_ref) = refs[3 : 3 + n_tab], refs[3 + n_tab :]
+        paired_ref = refs[3] if extra else None
+        refs = refs[3 + len(extra) :]
+        tabs, (q_ref, k_ref, v_ref, out_ref) = refs[:n_tab], refs[n_tab:]
         pl.run_scoped(
             lambda *scoped: _kernel(
                 counts_ref,
                 masked_ref,
                 order_ref,
+                paired_ref,
                 tabs,
                 q_ref,
                 k_ref,
@@ -585,4 +639,4 @@ def sparse_flash_mosaic(
         thread_name="wg",
         compiler_params=plgpu.CompilerParams(approx_math=True),
         interpret=plgpu.InterpretGPUParams() if interpret else None,
-    )(counts, masked_counts, order_arr, *tables, q, k, v)
+    )(counts, masked_counts, order_arr, *extra, *tables, q, k, v)

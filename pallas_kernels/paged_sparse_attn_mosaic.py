@@ -33,7 +33,7 @@ from jaxtyping import Array, Float
 
 from .cluster_sparse_attn_mosaic import DEFAULT_STAGES
 from .common import front_order, pad_axis
-from .mosaic_flash import COL, TileMask, check_mosaic_inputs, sparse_flash_mosaic
+from .mosaic_flash import COL, TileMask, check_mosaic_inputs, paired_tiles, sparse_flash_mosaic
 from .page_plan import BITS_PER_WORD, PagePlan
 
 
@@ -108,6 +108,7 @@ def paged_sparse_attention_mosaic(
     order: str = "head_lpt",
     overlap: bool | None = None,
     fold_scale: bool = False,
+    tile_rows: jax.Array | None = None,
 ) -> Float[Array, "B Nq H D"]:
     """Attention of aligned query rows ``q`` (the plan's ``nqt · block_q`` rows: each tile in one query
     cluster) to cluster-sorted keys ``k``, ``v`` (``M`` = the plan's ``num_k`` rows, or more) over the
@@ -116,7 +117,9 @@ def paged_sparse_attention_mosaic(
 
     ``num_stages``: K/V ring slots (default: the cluster kernel's
     :data:`~.cluster_sparse_attn_mosaic.DEFAULT_STAGES`); ``order``, ``overlap``, ``fold_scale``:
-    :func:`.mosaic_flash.sparse_flash_mosaic`."""
+    :func:`.mosaic_flash.sparse_flash_mosaic`. ``tile_rows`` (``[B, H, nqt]``, optional): the real query
+    rows of each tile (:attr:`.tile_aligned.AlignedQueries.tile_rows`); a tile with at most 64 runs on one
+    warpgroup and leaves its other 64 output rows unwritten (the engine's ``paired``)."""
     check_paged_plan(q, plan)
     bk, per = plan.block_k, plan.pages_per_tile
     if k.shape[1] < plan.num_k:
@@ -156,4 +159,5 @@ def paged_sparse_attention_mosaic(
         overlap=overlap,
         fold_scale=fold_scale,
         key_pages=per,
+        paired=paired_tiles(tile_rows, counts.shape),
     )

@@ -47,11 +47,14 @@ class AlignedQueries:
         cluster (the rest of the ``rows``).
       cluster_map: bool ``[B, H, Cq+1, Ck]`` the map with an all-False slack row.
       dst: int32 ``[B, H, N]`` the aligned row of each cluster-sorted query row.
+      tile_rows: int32 ``[B, H, rows / block_q]`` the real (not padding) rows of each tile: ``block_q``
+        inside a cluster, what is left in its last tile, 0 in the slack cluster's.
     """
 
     sizes: Int[Array, "B H Cq1"]
     cluster_map: Bool[Array, "B H Cq1 Ck"]
     dst: Int[Array, "B H N"]
+    tile_rows: Int[Array, "B H nqt"]
     rows: int = dataclasses.field(metadata=dict(static=True))
 
     def source(self, src: Int[Array, "B H N"]) -> Int[Array, "B H rows"]:
@@ -83,7 +86,13 @@ def align_query_clusters(
     labels = cluster_labels(sizes, num_q)  # [B, H, num_q]
     dst = jnp.arange(num_q, dtype=jnp.int32) + jnp.take_along_axis(shift, labels, axis=-1)
     cmap = jnp.pad(cluster_map.astype(jnp.bool_), ((0, 0), (0, 0), (0, 1), (0, 0)))
-    return AlignedQueries(jnp.concatenate([padded, slack], axis=-1), cmap, dst, rows)
+    tiles = padded // block_q
+    tile_cluster = cluster_labels(tiles, rows // block_q)  # [B, H, nqt]; Cq in the slack cluster
+    at = lambda x: jnp.take_along_axis(jnp.pad(x, ((0, 0), (0, 0), (0, 1))), tile_cluster, axis=-1)
+    first = jnp.cumsum(tiles, axis=-1, dtype=jnp.int32) - tiles  # [B, H, Cq] first tile of each cluster
+    local = jnp.arange(rows // block_q, dtype=jnp.int32) - at(first)  # tile index inside its cluster
+    tile_rows = jnp.clip(at(sizes) - local * block_q, 0, block_q)
+    return AlignedQueries(jnp.concatenate([padded, slack], axis=-1), cmap, dst, tile_rows, rows)
 
 
 def align_plan(

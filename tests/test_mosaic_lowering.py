@@ -95,11 +95,13 @@ def test_cluster_kernel_lowers(block_k, per_step, mask, opts):
 
 
 @pytest.mark.parametrize(
-    "block_k, per_step, overlap", [(64, 1, True), (64, 1, False), (64, 2, False), (128, 1, True)]
+    "block_k, per_step, overlap, half",
+    [(64, 1, True, False), (64, 1, False, False), (64, 2, False, False), (128, 1, True, False)]
+    + [(64, 1, True, True), (64, 2, False, True)],
 )
-def test_cluster_kernel_edge_mask_lowers(block_k, per_step, overlap):
+def test_cluster_kernel_edge_mask_lowers(block_k, per_step, overlap, half):
     """``edge_only`` on an aligned plan (``tile_aligned.align_plan``): the mask reads only the chunk codes
-    and has no second load stage."""
+    and has no second load stage. With ``half``, tiles of at most 64 real rows run on one warpgroup."""
     from svg_jax.pallas_kernels.tile_aligned import align_plan
 
     q, qs, cmap, fixed = _cluster_problem(block_k)
@@ -107,16 +109,19 @@ def test_cluster_kernel_edge_mask_lowers(block_k, per_step, overlap):
     al, plan = align_plan(fixed, qs, cmap, num_q=n)
     qa = jnp.zeros((b, al.rows, h, d), jnp.bfloat16)
     opts = dict(sm_scale=d**-0.5, tiles_per_step=per_step, overlap=overlap, edge_only=True)
-    fn = lambda q, k, plan: cluster_sparse_attention_mosaic(q, k, k, plan, **opts)
-    lowered(fn, qa, q, plan)
+    rows = al.tile_rows if half else None
+    fn = lambda q, k, plan, rows: cluster_sparse_attention_mosaic(q, k, k, plan, tile_rows=rows, **opts)
+    lowered(fn, qa, q, plan, rows)
 
 
 @pytest.mark.parametrize(
-    "block_k, overlap, fold, rows", [(64, True, False, 8), (64, False, False, 16), (128, True, True, 32)]
+    "block_k, overlap, fold, rows, half",
+    [(64, True, False, 8, False), (64, False, False, 16, False), (128, True, True, 32, False)]
+    + [(64, True, False, 16, True)],
 )
-def test_paged_kernel_lowers(block_k, overlap, fold, rows):
+def test_paged_kernel_lowers(block_k, overlap, fold, rows, half):
     """The paged kernel: ``block_k / 8`` TMA copies per K/V tile, one barrier arrival each, and the valid-bit
-    column bias."""
+    column bias (with ``half``: tiles of at most 64 real rows on one warpgroup)."""
     from svg_jax.pallas_kernels.page_plan import page_plan
     from svg_jax.pallas_kernels.paged_sparse_attn_mosaic import paged_sparse_attention_mosaic
     from svg_jax.pallas_kernels.tile_aligned import align_query_clusters
@@ -128,7 +133,8 @@ def test_paged_kernel_lowers(block_k, overlap, fold, rows):
     plan = page_plan(al.sizes, ks, al.cluster_map, num_q=al.rows, num_k=n, block_k=block_k, page_rows=rows)
     qa = jnp.zeros((b, al.rows, h, d), jnp.bfloat16)
     opts = dict(sm_scale=d**-0.5, overlap=overlap, fold_scale=fold)
-    lowered(lambda q, k, plan: paged_sparse_attention_mosaic(q, k, k, plan, **opts), qa, q, plan)
+    fn = lambda q, k, plan, t: paged_sparse_attention_mosaic(q, k, k, plan, tile_rows=t, **opts)
+    lowered(fn, qa, q, plan, al.tile_rows if half else None)
 
 
 @pytest.mark.parametrize(

@@ -65,6 +65,12 @@ def test_layout(seed, n, cq, bq):
     unused = np.ones(full.shape, bool)
     np.put_along_axis(unused, dst, False, -1)
     assert (full[unused] == 0).all()
+    # tile_rows: each tile's real rows, i.e. how many sorted rows land in it.
+    hits = np.zeros((*dst.shape[:2], al.rows // bq), np.int64)
+    for bi in range(2):
+        for hi in range(2):
+            np.add.at(hits[bi, hi], dst[bi, hi] // bq, 1)
+    np.testing.assert_array_equal(np.asarray(al.tile_rows), hits)
     inv = jnp.argsort(src, axis=-1).astype(jnp.int32)  # each token's sorted row
     np.testing.assert_array_equal(
         np.take_along_axis(full, np.asarray(al.restore(inv)), -1), np.broadcast_to(np.arange(n), dst.shape)
@@ -181,6 +187,30 @@ def test_gpu_edge_mask_equals_the_general_mask(per_step, overlap):
 
     np.testing.assert_array_equal(run(edge_only=True), run(edge_only=False))
     np.testing.assert_array_equal(run(), run(make_mask=cm.cluster_mask))  # the default is the edge mask
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("per_step, overlap", [(1, True), (1, False), (2, False)])
+def test_gpu_half_tiles_equal_paired_tiles(per_step, overlap):
+    """With ``tile_rows`` a tile of at most 64 real rows runs on warpgroup 0 alone (warpgroup 1 only keeps
+    the K/V ring's count): the real rows come out bit for bit as when both warpgroups run every tile."""
+    require_hopper()
+    from svg_jax.pallas_kernels.cluster_sparse_attn_mosaic import cluster_sparse_attention_mosaic
+
+    b, n, m, h, d = 1, 2500, 2300, 2, 128
+    q, k, v = random_qkv(13, b, n, m, h, d, jnp.bfloat16)
+    qs, ks, cmap = random_problem(14, b, n, m, h, 23, 50, 0.3)
+    fixed = tile_plan(qs, ks, cmap, num_q=n, num_k=m, block_q=128, block_k=64, row_align=8)
+    al, plan = align_plan(fixed, qs, cmap, num_q=n)
+    assert int(jnp.sum((al.tile_rows > 0) & (al.tile_rows <= 64))) > 0  # some half tiles
+    src = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), al.dst.shape)
+    qa = jnp.take_along_axis(q, jnp.swapaxes(al.source(src), 1, 2)[..., None], axis=1)
+    opts = dict(sm_scale=d**-0.5, tiles_per_step=per_step, overlap=overlap)
+    kernel = jax.jit(functools.partial(cluster_sparse_attention_mosaic, **opts))
+    real = jnp.swapaxes(al.dst, 1, 2)[..., None]
+    both = jnp.take_along_axis(kernel(qa, k, v, plan), real, axis=1)
+    half = jnp.take_along_axis(kernel(qa, k, v, plan, tile_rows=al.tile_rows), real, axis=1)
+    np.testing.assert_array_equal(np.asarray(half), np.asarray(both))
 
 
 @pytest.mark.gpu
