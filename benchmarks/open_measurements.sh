@@ -33,7 +33,7 @@ case $part in
   1)
     step gpu_fold_half 240 python3 -m pytest -q -m gpu -p no:benchmark tests/test_cluster_sparse_attention.py \
       tests/test_block_sparse_attention.py tests/test_tile_aligned.py tests/test_page_plan.py -k "fold or half or paged"
-    step gpu_svg2 240 python3 -m pytest -q -m gpu -p no:benchmark tests/test_svg2.py -k pipeline_compiled
+    step gpu_svg2 240 python3 -m pytest -q -m gpu -p no:benchmark tests/test_svg2.py -k "pipeline_compiled or half_tiles"
     ;;
   2)
     step kernel_ab 330 python3 benchmarks/mosaic_steps.py --only svg2 aligned paged \

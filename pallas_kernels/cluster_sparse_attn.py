@@ -284,6 +284,7 @@ def cluster_sparse_attention_from_plan(
     implementation: str = "auto",
     interpret: bool | None = None,
     config: TritonConfig | None = None,
+    tile_rows: Int[Array, "B H nqt"] | None = None,
 ) -> Float[Array, "B N H D"]:
     """Run a Pallas kernel on a plan from :func:`cluster_tile_plan` (to time or reuse the plan apart).
     A plan built narrower than its static bound runs as it is when every tile fits, else rebuilt at full
@@ -294,6 +295,10 @@ def cluster_sparse_attention_from_plan(
 
     ``implementation``: ``"pallas_mosaic"`` (plans with ``block_q=128`` and ``row_align=8``),
     ``"pallas_triton"``, or ``"auto"`` (Mosaic on Hopper when the plan and inputs qualify, else Triton).
+
+    ``tile_rows`` (optional, ``[B, H, nqt]``): the real query rows of each tile; the Mosaic kernel runs a
+    tile with at most 64 on one warpgroup and may leave the rest of its rows unwritten (padding rows whose
+    output nobody reads, e.g. :attr:`.tile_aligned.AlignedQueries.tile_rows`). Triton computes every row.
     """
     checks.check_qkv(q, k, v)
     b, n, h, d = q.shape
@@ -317,7 +322,8 @@ def cluster_sparse_attention_from_plan(
     sm_scale = checks.default_sm_scale(q) if sm_scale is None else float(sm_scale)
     if impl == "pallas_mosaic":
         return with_complete_plan(
-            plan, lambda p: cluster_sparse_attention_mosaic(q, k, v, p, sm_scale=sm_scale)
+            plan,
+            lambda p: cluster_sparse_attention_mosaic(q, k, v, p, sm_scale=sm_scale, tile_rows=tile_rows),
         )
     interpret = (jax.default_backend() != "gpu") if interpret is None else interpret
     dp = padded_head_dim(d)

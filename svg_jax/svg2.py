@@ -54,6 +54,10 @@ ALIGNED_EDGE_WEIGHT = 0.15
 # the measured kernel times at 7.42-7.53 us per unit for the aligned (edge mask) and paged kernels and at
 # 7.56-8.10 for the fixed one (H100), so "auto" compares the three tilings by them on the Mosaic path.
 PAGED_TILE_WEIGHT = 1.11
+# Whether the aligned and paged tilings run a query tile with at most 64 real rows (a cluster's last) on one
+# warpgroup (tile_rows of the Mosaic kernels). Off: not yet timed (benchmarks/mosaic_steps.py, variant
+# 1,4,1,0,1 of the aligned and paged problems).
+HALF_TILES = False
 PAGED_PARTIAL_WEIGHT = 0.14
 
 
@@ -446,15 +450,14 @@ def _apply_svg2_plan(
     rows_k = n if tile_plan is None else padded_rows(tile_plan, impl)[1]
     ks, vs = permute_tokens([k, v], _kernel_order(plan.k_perm, text, n, rows_k), **perm_opts)  # v follows k
 
-    def attend(q_src, tiles, restore):  # q rows from q_src, attention on tiles, tokens back from restore
+    def attend(q_src, tiles, restore, tile_rows=None):  # q rows from q_src, attention on tiles, tokens back
         (qs,) = permute_tokens([q], q_src, **perm_opts)  # [B, rows_q, H, D] in cluster order
         if tiles is None:  # the oracle (inputs validated by cluster_plan_for)
             sm = checks.default_sm_scale(q) if sm_scale is None else float(sm_scale)
             out = cluster_sparse_attention_reference(qs, ks, vs, *sizes, sm_scale=sm)
         else:
-            out = cluster_sparse_attention_from_plan(
-                qs, ks, vs, tiles, sm_scale=sm_scale, implementation=impl, interpret=interpret
-            )  # [B, rows_q, H, D]
+            opts = dict(sm_scale=sm_scale, implementation=impl, interpret=interpret, tile_rows=tile_rows)
+            out = cluster_sparse_attention_from_plan(qs, ks, vs, tiles, **opts)  # [B, rows_q, H, D]
         return permute_tokens([out], restore, **perm_opts)[0]
 
     def fixed(_):
@@ -465,7 +468,8 @@ def _apply_svg2_plan(
     def aligned(_):
         al, tiles = align_plan(tile_plan, plan.q_cluster_sizes, plan.cluster_map, num_q=n)
         q_src = _kernel_order(plan.q_perm, text, n, n)
-        return attend(al.source(q_src), tiles, al.restore(inverse_permutation(q_src)))
+        half = al.tile_rows if HALF_TILES else None
+        return attend(al.source(q_src), tiles, al.restore(inverse_permutation(q_src)), half)
 
     def paged(_):
         al = align_query_clusters(plan.q_cluster_sizes, plan.cluster_map, num_q=n, block_q=tile_plan.block_q)
@@ -483,7 +487,9 @@ def _apply_svg2_plan(
         q_src = _kernel_order(plan.q_perm, text, n, n)
         (qs,) = permute_tokens([q], al.source(q_src), **perm_opts)
         sm = checks.default_sm_scale(q) if sm_scale is None else float(sm_scale)
-        out = with_complete_pages(pages, lambda p: paged_sparse_attention_mosaic(qs, ks, vs, p, sm_scale=sm))
+        half = al.tile_rows if HALF_TILES else None
+        attention = lambda p: paged_sparse_attention_mosaic(qs, ks, vs, p, sm_scale=sm, tile_rows=half)
+        out = with_complete_pages(pages, attention)
         return permute_tokens([out], al.restore(inverse_permutation(q_src)), **perm_opts)[0]
 
     code = lambda name: jnp.int32(QUERY_TILINGS.index(name))

@@ -429,3 +429,24 @@ def test_pipeline_compiled_gpu(n, text, query_tiles):
     ref = apply_svg2_plan(q, k, v, plan, text=text, implementation="xla")
     err = np.linalg.norm(np.asarray(out, np.float32) - np.asarray(ref, np.float32))
     assert err / np.linalg.norm(np.asarray(ref, np.float32)) < 2e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not ON_GPU, reason="needs a CUDA GPU")
+@pytest.mark.parametrize("query_tiles", ["aligned", "paged"])
+def test_pipeline_half_tiles_gpu(monkeypatch, query_tiles):
+    """``svg2.HALF_TILES``: the last tile of a query cluster with at most 64 rows runs on one warpgroup; its
+    padding rows go unwritten, and the restored output is still the plan's attention."""
+    monkeypatch.setattr(svg2, "HALF_TILES", True)
+    cfg = SVG2Config(**{**BASE, "num_q_clusters": 16, "num_k_clusters": 64, "query_tiles": query_tiles})
+    b, n, h, d = 1, 2001, 4, 128
+    text = TextTokens("last", 7, jnp.array([5], jnp.int32))
+    q, k, v = _qkv(9, b, n, h, d, jnp.bfloat16)
+    cache = SVG2Cache.create(1, b, h, cfg, d).layer(0)
+    opts = dict(config=cfg, cache=cache, key=jax.random.key(0), text=text)
+    fn = jax.jit(lambda q, k, v: (svg2_attention(q, k, v, **opts), svg2_plan(q, k, **opts)[0]))
+    (out, _, _), plan = fn(q, k, v)
+    ref = apply_svg2_plan(q, k, v, plan, text=text, implementation="xla")
+    assert np.isfinite(np.asarray(out, np.float32)).all()
+    err = np.linalg.norm(np.asarray(out, np.float32) - np.asarray(ref, np.float32))
+    assert err / np.linalg.norm(np.asarray(ref, np.float32)) < 2e-2
