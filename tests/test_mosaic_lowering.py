@@ -3,6 +3,7 @@ Pallas → Mosaic GPU lowering (layouts, wgmma, TMA, barriers) without a GPU (ja
 no CUDA device is present). This catches lowering errors before a device run; the numerics are tested on
 the GPU (``-m gpu``)."""
 
+import dataclasses
 import functools
 
 import jax
@@ -150,3 +151,22 @@ def test_kmeans_assign_kernel_lowers(k, block_k, row_blocks):
     x = jnp.zeros((1, 1000, 2, 128), jnp.bfloat16)
     c = jnp.zeros((2, k, 128), jnp.float32)
     lowered(functools.partial(kmeans_assign_mosaic, block_k=block_k, row_blocks=row_blocks), x, c)
+
+
+@pytest.mark.parametrize("half", [False, True])
+def test_svg2_auto_query_tiles_lower(monkeypatch, half):
+    """SVG2's attention on the Mosaic path with ``query_tiles="auto"``: one ``lax.switch`` over the fixed,
+    aligned and paged kernels (with ``svg2.HALF_TILES``: the last two on half tiles)."""
+    from svg_jax import svg2
+
+    monkeypatch.setattr(svg2, "HALF_TILES", half)
+    cfg = svg2.SVG2Config(
+        **{**dataclasses.asdict(svg2.WAN21_T2V_720P), "num_q_clusters": 16, "num_k_clusters": 64}
+    )
+    b, n, h, d = 1, 2001, 2, 128
+    q = jax.random.normal(jax.random.key(1), (b, n, h, d), jnp.bfloat16)
+    cache = svg2.SVG2Cache.create(1, b, h, cfg, d).layer(0)
+    plan = svg2.svg2_plan(q, q, config=cfg, cache=cache, key=jax.random.key(0))[0]
+    fn = lambda q, plan: svg2.apply_svg2_plan(q, q, q, plan, implementation="pallas_mosaic")
+    text = lowered(fn, q, plan)
+    assert text.count("stablehlo.case") == 1
