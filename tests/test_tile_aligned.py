@@ -163,6 +163,19 @@ def test_align_plan_marks_the_retiled_plan():
     assert masked_first(plan)[0].one_cluster_tiles
 
 
+def _aligned_gpu_problem(seed, cq):
+    """bf16 ``(aligned q, k, v)``, the aligned layout and its chunk plan: 2500 queries in ``cq`` clusters,
+    2300 keys in 50, density 0.3, two heads of 128."""
+    b, n, m, h, d = 1, 2500, 2300, 2, 128
+    q, k, v = random_qkv(seed, b, n, m, h, d, jnp.bfloat16)
+    qs, ks, cmap = random_problem(seed + 1, b, n, m, h, cq, 50, 0.3)
+    fixed = tile_plan(qs, ks, cmap, num_q=n, num_k=m, block_q=128, block_k=64, row_align=8)
+    al, plan = align_plan(fixed, qs, cmap, num_q=n)
+    src = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), al.dst.shape)
+    qa = jnp.take_along_axis(q, jnp.swapaxes(al.source(src), 1, 2)[..., None], axis=1)
+    return (qa, k, v), al, plan
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("per_step, overlap", [(1, True), (1, False), (2, False)])
 def test_gpu_edge_mask_equals_the_general_mask(per_step, overlap):
@@ -171,14 +184,8 @@ def test_gpu_edge_mask_equals_the_general_mask(per_step, overlap):
     require_hopper()
     from svg_jax.pallas_kernels import cluster_sparse_attn_mosaic as cm
 
-    b, n, m, h, d = 1, 2500, 2300, 2, 128
-    q, k, v = random_qkv(9, b, n, m, h, d, jnp.bfloat16)
-    qs, ks, cmap = random_problem(10, b, n, m, h, 15, 50, 0.3)
-    fixed = tile_plan(qs, ks, cmap, num_q=n, num_k=m, block_q=128, block_k=64, row_align=8)
-    al, plan = align_plan(fixed, qs, cmap, num_q=n)
-    src = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), al.dst.shape)
-    qa = jnp.take_along_axis(q, jnp.swapaxes(al.source(src), 1, 2)[..., None], axis=1)
-    opts = dict(sm_scale=d**-0.5, tiles_per_step=per_step, overlap=overlap)
+    (qa, k, v), al, plan = _aligned_gpu_problem(9, 15)
+    opts = dict(sm_scale=qa.shape[-1] ** -0.5, tiles_per_step=per_step, overlap=overlap)
 
     def run(**o):
         return np.asarray(
@@ -197,15 +204,9 @@ def test_gpu_half_tiles_equal_paired_tiles(per_step, overlap):
     require_hopper()
     from svg_jax.pallas_kernels.cluster_sparse_attn_mosaic import cluster_sparse_attention_mosaic
 
-    b, n, m, h, d = 1, 2500, 2300, 2, 128
-    q, k, v = random_qkv(13, b, n, m, h, d, jnp.bfloat16)
-    qs, ks, cmap = random_problem(14, b, n, m, h, 23, 50, 0.3)
-    fixed = tile_plan(qs, ks, cmap, num_q=n, num_k=m, block_q=128, block_k=64, row_align=8)
-    al, plan = align_plan(fixed, qs, cmap, num_q=n)
+    (qa, k, v), al, plan = _aligned_gpu_problem(13, 23)
     assert int(jnp.sum((al.tile_rows > 0) & (al.tile_rows <= 64))) > 0  # some half tiles
-    src = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), al.dst.shape)
-    qa = jnp.take_along_axis(q, jnp.swapaxes(al.source(src), 1, 2)[..., None], axis=1)
-    opts = dict(sm_scale=d**-0.5, tiles_per_step=per_step, overlap=overlap)
+    opts = dict(sm_scale=qa.shape[-1] ** -0.5, tiles_per_step=per_step, overlap=overlap)
     kernel = jax.jit(functools.partial(cluster_sparse_attention_mosaic, **opts))
     real = jnp.swapaxes(al.dst, 1, 2)[..., None]
     both = jnp.take_along_axis(kernel(qa, k, v, plan), real, axis=1)
