@@ -31,7 +31,7 @@ from svg_jax.pallas_kernels.cluster_sparse_attn_mosaic import (  # noqa: E402
     cluster_sparse_attention_mosaic,
     tile_cost,
 )
-from svg_jax.pallas_kernels.mosaic_flash import work_order  # noqa: E402
+from svg_jax.pallas_kernels.work_order import work_order  # noqa: E402
 
 WEIGHTS = (0.0, 1.0, 2.4)  # 2.4: the measured extra time of a masked chunk over an unmasked one (~1 µs)
 VARIANTS = {  # name: (order, mask_weight, mask)

@@ -353,7 +353,7 @@ def cluster_sparse_attention_mosaic(
 
     ``num_stages``: K/V ring slots, by default :data:`DEFAULT_STAGES` for the plan's ``block_k``.
 
-    ``order``: the persistent CTAs' work order (:func:`.mosaic_flash.work_order`); with ``mask_weight`` it
+    ``order``: the persistent CTAs' work order (:func:`.work_order.work_order`); with ``mask_weight`` it
     ranks query tiles by their chunk count plus ``mask_weight`` per chunk that takes a mask.
 
     ``overlap`` and ``fold_scale``: the engine's intra-warpgroup pipelining and where it applies the softmax

@@ -39,7 +39,8 @@ from jaxtyping import Array, Float, Int
 
 from .common import pad_axis
 from .kmeans_reference import rounded_centroids
-from .mosaic_flash import COL, MOSAIC_DTYPES, ROW, WG_ROWS, num_programs_for
+from .mosaic_flash import COL, MOSAIC_DTYPES, ROW, WG_ROWS
+from .work_order import num_programs_for
 
 KEY_MASK = -128  # int32 ~127: a distance's bits without the 7 low ones, which carry the tile column
 SMEM_BUDGET = 224 * 1024  # bytes of shared memory the buffers may take (227 KiB per CTA on sm90)

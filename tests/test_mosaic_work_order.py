@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from svg_jax.pallas_kernels.mosaic_flash import ORDERS, work_order
+from svg_jax.pallas_kernels.work_order import ORDERS, work_order
 
 
 @settings(max_examples=25, deadline=None)
