@@ -107,8 +107,13 @@ def align_plan(
     ``one_cluster_tiles``: the Mosaic kernel may then mask only run edges (no key labels, map words or mask
     branches; ``edge_only`` of :func:`~.cluster_sparse_attn_mosaic.cluster_sparse_attention_mosaic`)."""
     al = align_query_clusters(q_cluster_sizes, cluster_map, num_q=num_q, block_q=plan.block_q)
+    return al, retile_aligned(plan, al)
+
+
+def retile_aligned(plan: ClusterTilePlan, al: AlignedQueries) -> ClusterTilePlan:
+    """:func:`align_plan`'s plan for a layout the caller already has (built at ``plan``'s ``block_q``)."""
     tiles = plan.retiled(al.sizes, al.cluster_map, num_q=al.rows)
-    return al, dataclasses.replace(tiles, one_cluster_tiles=True)
+    return dataclasses.replace(tiles, one_cluster_tiles=True)
 
 
 def fixed_cost(plan: ClusterTilePlan, masked_weight: float) -> Float[Array, "B H"]:

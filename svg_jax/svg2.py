@@ -31,7 +31,13 @@ from svg_jax.pallas_kernels import (
 )
 from svg_jax.pallas_kernels.page_plan import default_page_width, page_plan, paged_cost, with_complete_pages
 from svg_jax.pallas_kernels.paged_sparse_attn_mosaic import paged_sparse_attention_mosaic
-from svg_jax.pallas_kernels.tile_aligned import align_plan, align_query_clusters, aligned_cost, fixed_cost
+from svg_jax.pallas_kernels.tile_aligned import (
+    AlignedQueries,
+    align_query_clusters,
+    aligned_cost,
+    fixed_cost,
+    retile_aligned,
+)
 from svg_jax.topp import add_text_clusters, cluster_probabilities, selected_mass, top_p_cluster_map
 
 # flash-kmeans as vendored by SVG2 stops when no centroid moves by more than this (L2).
@@ -465,14 +471,17 @@ def _apply_svg2_plan(
         q_src = _kernel_order(plan.q_perm, text, n, rows_q)
         return attend(q_src, tile_plan, inverse_permutation(q_src[..., :n]))
 
+    if tile_plan is not None:  # the aligned layout, shared by the aligned and paged tilings and auto's costs
+        al = align_query_clusters(plan.q_cluster_sizes, plan.cluster_map, num_q=n, block_q=tile_plan.block_q)
+
     def aligned(_):
-        al, tiles = align_plan(tile_plan, plan.q_cluster_sizes, plan.cluster_map, num_q=n)
         q_src = _kernel_order(plan.q_perm, text, n, n)
         half = al.tile_rows if HALF_TILES else None
-        return attend(al.source(q_src), tiles, al.restore(inverse_permutation(q_src)), half)
+        return attend(
+            al.source(q_src), retile_aligned(tile_plan, al), al.restore(inverse_permutation(q_src)), half
+        )
 
     def paged(_):
-        al = align_query_clusters(plan.q_cluster_sizes, plan.cluster_map, num_q=n, block_q=tile_plan.block_q)
         width = default_page_width(n, plan.k_cluster_sizes.shape[-1], tile_plan.block_k)
         pages = page_plan(
             al.sizes,
@@ -505,7 +514,7 @@ def _apply_svg2_plan(
     if query_tiles == "aligned":
         return aligned(None), code("aligned")
     branches = (fixed, aligned, paged) if impl == "pallas_mosaic" else (fixed, aligned)
-    costs = query_tiling_costs(tile_plan, *sizes, num_tokens=n, paged=len(branches) == 3)
+    costs = query_tiling_costs(tile_plan, *sizes, num_tokens=n, aligned=al if len(branches) == 3 else None)
     pick = jnp.argmin(costs).astype(jnp.int32)  # the least estimated work (the first of equal ones)
     return jax.lax.switch(pick, branches, None), pick
 
@@ -517,28 +526,29 @@ def query_tiling_costs(
     cluster_map: Bool[Array, "B H Cq Ck"],
     *,
     num_tokens: int,
-    paged: bool,
+    aligned: AlignedQueries | None = None,
 ) -> Float[Array, " T"]:
-    """The estimated work of each tiling of :data:`QUERY_TILINGS` (the paged one only with ``paged``),
+    """The estimated work of each tiling of :data:`QUERY_TILINGS` (the paged one only given the ``aligned``
+    query layout, :func:`~svg_jax.pallas_kernels.tile_aligned.align_query_clusters` at the plan's block_q),
     summed over batch and heads, in unmasked chunks of the cluster kernel: the fixed plan's chunks with
     its masked ones at :data:`MASKED_CHUNK_WEIGHT` (:func:`~svg_jax.pallas_kernels.tile_aligned.fixed_cost`,
     the plan is built), the aligned plan's estimated from the map with its run edges at
     :data:`ALIGNED_EDGE_WEIGHT` (:func:`~svg_jax.pallas_kernels.tile_aligned.aligned_cost`), and the
     paged kernel's key tiles and partial tiles at :data:`PAGED_TILE_WEIGHT` and :data:`PAGED_PARTIAL_WEIGHT`
     (:func:`~svg_jax.pallas_kernels.page_plan.paged_cost`, on the aligned query layout). Neither of the
-    last two builds its plan. ``num_tokens`` is the sequence length (queries and keys alike); ``paged``
-    adds the paged kernel's (Mosaic only). ``query_tiles="auto"`` runs the first tiling of least work."""
+    last two builds its plan. ``num_tokens`` is the sequence length (queries and keys alike); the paged
+    kernel is Mosaic only. ``query_tiles="auto"`` runs the first tiling of least work."""
     bq, bk = tile_plan.block_q, tile_plan.block_k
     fixed = jnp.sum(fixed_cost(tile_plan, MASKED_CHUNK_WEIGHT))
     blocks = dict(block_q=bq, block_k=bk)
-    aligned = aligned_cost(
+    edges = aligned_cost(
         q_cluster_sizes, k_cluster_sizes, cluster_map, **blocks, masked_weight=ALIGNED_EDGE_WEIGHT
     )
-    costs = [fixed, jnp.sum(aligned)]
-    if paged:
-        al = align_query_clusters(q_cluster_sizes, cluster_map, num_q=num_tokens, block_q=bq)
+    costs = [fixed, jnp.sum(edges)]
+    if aligned is not None:
         weights = dict(tile_weight=PAGED_TILE_WEIGHT, partial_weight=PAGED_PARTIAL_WEIGHT)
-        pages = paged_cost(al.sizes, k_cluster_sizes, al.cluster_map, num_k=num_tokens, **blocks, **weights)
+        layout = (aligned.sizes, k_cluster_sizes, aligned.cluster_map)
+        pages = paged_cost(*layout, num_k=num_tokens, **blocks, **weights)
         costs.append(jnp.sum(pages))
     return jnp.stack(costs).astype(jnp.float32)
 

@@ -14,6 +14,7 @@ from svg_jax import svg2
 from svg_jax.kmeans import cluster_order
 from svg_jax.layout import TextTokens
 from svg_jax.pallas_kernels import cluster_plan_for, masked_attention_reference, permute_tokens
+from svg_jax.pallas_kernels.tile_aligned import align_query_clusters
 from svg_jax.svg2 import SVG2Cache, SVG2Config, apply_svg2_plan, svg2_attention, svg2_plan
 from svg_jax.topp import add_text_clusters, cluster_probabilities, top_p_cluster_map
 
@@ -287,7 +288,8 @@ def test_auto_query_tiles_follow_the_map(paged):
     choose = {}
     for name, cmap in (("random", random_map), ("banded", banded)):
         _, tiles = cluster_plan_for(q, q, qs, ks, cmap, implementation="pallas_mosaic")
-        costs = svg2.query_tiling_costs(tiles, qs, ks, cmap, num_tokens=n, paged=paged)
+        al = align_query_clusters(qs, cmap, num_q=n, block_q=tiles.block_q) if paged else None
+        costs = svg2.query_tiling_costs(tiles, qs, ks, cmap, num_tokens=n, aligned=al)
         assert costs.shape == (3 if paged else 2,)
         choose[name] = svg2.QUERY_TILINGS[int(jnp.argmin(costs))]
     assert choose == {"random": "paged" if paged else "aligned", "banded": "fixed"}
